@@ -1,0 +1,40 @@
+"""The FastAPI application."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from orchestrator import __version__
+from orchestrator.api import jobs
+from orchestrator.api.errors import BodyLimit, install_error_handlers
+from orchestrator.wiring import Services
+
+
+def create_app(services: Services, *, run_engine: bool = True) -> FastAPI:
+    """The API over `services`; with `run_engine`, the engine runs while the app does."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if run_engine:
+            services.engine.start()
+        try:
+            yield
+        finally:
+            if run_engine:
+                services.engine.stop()
+
+    app = FastAPI(title="GPU orchestrator", version=__version__, lifespan=lifespan)
+    app.state.services = services
+    install_error_handlers(app)
+    app.include_router(jobs.router)
+
+    @app.get("/health", tags=["health"])
+    def health() -> dict[str, str]:
+        """The process is alive (no dependency is checked)."""
+        return {"status": "ok"}
+
+    app.add_middleware(BodyLimit, max_bytes=services.settings.max_request_bytes)
+    return app

@@ -1,0 +1,111 @@
+"""The one place that maps errors to HTTP statuses and JSON bodies."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from orchestrator.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    OrchestratorError,
+    PayloadTooLarge,
+    Unavailable,
+)
+
+logger = logging.getLogger(__name__)
+
+STATUS_BY_ERROR: list[tuple[type[OrchestratorError], int]] = [
+    (PayloadTooLarge, 413),
+    (InvalidRequest, 422),
+    (NotFound, 404),
+    (Conflict, 409),
+    (Unavailable, 503),
+]
+
+
+def error_response(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": code, "message": message}
+    if details:
+        body["details"] = details
+    return JSONResponse(body, status_code=status)
+
+
+def _status_of(exc: OrchestratorError) -> int:
+    for cls, status in STATUS_BY_ERROR:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+async def _orchestrator_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, OrchestratorError)
+    status = _status_of(exc)
+    if status >= 500:
+        logger.error("request failed: %s", exc.message, extra={"event": "request_failed"})
+    return error_response(status, exc.code, exc.message, exc.details or None)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    # Echo where and why, never the input itself (it may be a megabyte of payload).
+    details = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+    first = details[0] if details else {"loc": [], "msg": "invalid request"}
+    where = ".".join(str(p) for p in first["loc"][1:]) or "body"
+    return error_response(422, "invalid_request", f"{where}: {first['msg']}", details)
+
+
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(OrchestratorError, _orchestrator_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+
+
+class BodyLimit:
+    """Refuses request bodies over a size with 413, before they are read into memory."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise PayloadTooLarge(f"request body is over {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(
+            413, PayloadTooLarge.code, f"request body is over {self.max_bytes} bytes"
+        )
+        await response(scope, receive, send)

@@ -1,0 +1,150 @@
+"""The HTTP contract: request and response bodies."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from orchestrator.jobs import JOB_TYPE_PATTERN, Job, JobEvent
+
+PriorityLabel = Literal["critical", "high", "normal", "low"]
+JobType = Annotated[str, Field(pattern=JOB_TYPE_PATTERN.pattern, examples=["inference_jobs"])]
+
+
+class SubmitRequest(BaseModel):
+    """One job to run. Everything but `type` is optional."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: JobType
+    payload: Any = Field(default_factory=dict)
+    priority: PriorityLabel = "normal"
+    idempotency_key: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+    max_attempts: Annotated[int, Field(ge=1, le=100)] | None = None
+    timeout_s: Annotated[float, Field(gt=0)] | None = None
+    run_at: datetime | None = Field(None, description="ISO-8601; without an offset, UTC.")
+    delay_s: Annotated[float, Field(ge=0, le=366 * 86400)] | None = None
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> SubmitRequest:
+        if self.run_at is not None and self.delay_s is not None:
+            raise ValueError("give run_at or delay_s, not both")
+        return self
+
+
+class SubmitBatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: list[SubmitRequest] = Field(min_length=1)
+
+
+class SubmitResponse(BaseModel):
+    job_id: str
+    status: str
+
+
+class BatchItem(BaseModel):
+    job_id: str
+    status: str
+    created: bool
+
+
+class SubmitBatchResponse(BaseModel):
+    jobs: list[BatchItem]
+
+
+class JobView(BaseModel):
+    id: str
+    type: str
+    status: str
+    priority: PriorityLabel
+    payload: Any
+    attempts: int
+    max_attempts: int
+    timeout_s: float
+    owner: str
+    idempotency_key: str | None
+    result: Any
+    error: str | None
+    progress: Any
+    worker: str | None
+    cancel_requested: bool
+    created_at: datetime
+    updated_at: datetime
+    available_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+
+    @classmethod
+    def of(cls, job: Job) -> JobView:
+        return cls(
+            id=job.id,
+            type=job.type,
+            status=job.status.value,
+            priority=job.priority.label,  # type: ignore[arg-type]
+            payload=job.payload,
+            attempts=job.attempts,
+            max_attempts=job.max_attempts,
+            timeout_s=job.timeout_s,
+            owner=job.owner,
+            idempotency_key=job.idempotency_key,
+            result=job.result,
+            error=job.error,
+            progress=job.progress,
+            worker=job.worker_id,
+            cancel_requested=job.cancel_requested,
+            created_at=utc(job.created_at),
+            updated_at=utc(job.updated_at),
+            available_at=utc(job.available_at),
+            started_at=utc(job.started_at),
+            finished_at=utc(job.finished_at),
+            heartbeat_at=utc(job.heartbeat_at),
+        )
+
+
+class JobPageView(BaseModel):
+    jobs: list[JobView]
+    next_cursor: str | None
+
+
+class EventView(BaseModel):
+    id: int
+    at: datetime
+    event: str
+    status: str | None
+    attempt: int
+    actor: str
+    detail: dict[str, Any]
+
+    @classmethod
+    def of(cls, event: JobEvent) -> EventView:
+        return cls(
+            id=event.id,
+            at=utc(event.at),
+            event=event.event,
+            status=event.status,
+            attempt=event.attempt,
+            actor=event.actor,
+            detail=event.detail,
+        )
+
+
+class EventsView(BaseModel):
+    job_id: str
+    events: list[EventView]
+
+
+class ErrorBody(BaseModel):
+    error: str
+    message: str
+    details: Any = None
+
+
+def utc(value: datetime | None) -> datetime | None:
+    """Stored times are naive UTC; say so on the wire."""
+    from datetime import UTC
+
+    return None if value is None else value.replace(tzinfo=UTC)

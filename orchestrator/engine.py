@@ -1,0 +1,87 @@
+"""The engine: background loops that keep delivery in step with the database.
+
+For now one loop, the scheduler: it publishes jobs that fell due (delayed submits, retries
+after backoff, jobs whose publish failed) and, when Redis turns out to have lost its data,
+has every waiting job published again (DESIGN invariant 1). Every action is a conditional
+update or a harmless duplicate message, so two engines at once do no harm.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from orchestrator.clock import Clock
+from orchestrator.errors import Unavailable
+from orchestrator.settings import Settings
+from orchestrator.store import Store
+from orchestrator.streams import Streams
+
+logger = logging.getLogger(__name__)
+
+PUBLISH_BATCH = 1000
+
+
+class Engine:
+    def __init__(self, store: Store, streams: Streams, settings: Settings, clock: Clock) -> None:
+        self.store = store
+        self.streams = streams
+        self.settings = settings
+        self.clock = clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._outage: str | None = None
+
+    def tick(self) -> int:
+        """One pass of the scheduler; returns how many jobs it published."""
+        if self.streams.mark_epoch():
+            count = self.store.unpublish_waiting()
+            if count:
+                logger.warning(
+                    "redis has none of our data (new, restarted or flushed): "
+                    "publishing %d waiting jobs again",
+                    count,
+                    extra={"event": "redis_data_lost", "count": count},
+                )
+        published = 0
+        while True:
+            now = self.clock.now()
+            due = self.store.due_dispatches(now, PUBLISH_BATCH)
+            if not due:
+                return published
+            self.streams.publish(due)
+            self.store.mark_published([d.job_id for d in due], now)
+            published += len(due)
+            if len(due) < PUBLISH_BATCH:
+                return published
+
+    def run(self) -> None:
+        """Tick until stopped, riding out database and Redis outages."""
+        while not self._stop.is_set():
+            try:
+                self.tick()
+                if self._outage:
+                    logger.info(
+                        "engine recovered from: %s",
+                        self._outage,
+                        extra={"event": "engine_recovered"},
+                    )
+                    self._outage = None
+            except Unavailable as exc:
+                if self._outage is None:  # once per outage, not once per tick
+                    logger.error("engine paused: %s", exc, extra={"event": "engine_outage"})
+                self._outage = str(exc)
+            except Exception:
+                logger.exception("engine tick failed", extra={"event": "engine_error"})
+            self._stop.wait(self.settings.scheduler_interval_s)
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.run, name="engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None

@@ -1,0 +1,66 @@
+"""One exception tree; `orchestrator.api.errors` maps it to HTTP statuses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class OrchestratorError(Exception):
+    """The root of every error this package raises on purpose."""
+
+    code = "orchestrator_error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class InvalidRequest(OrchestratorError):
+    """The request is malformed; nothing was written."""
+
+    code = "invalid_request"
+
+
+class PayloadTooLarge(InvalidRequest):
+    code = "payload_too_large"
+
+
+class NotFound(OrchestratorError):
+    code = "not_found"
+
+
+class JobNotFound(NotFound):
+    code = "job_not_found"
+
+
+class Conflict(OrchestratorError):
+    """The request contradicts the current state; nothing was written."""
+
+    code = "conflict"
+
+
+class IdempotencyConflict(Conflict):
+    code = "idempotency_conflict"
+
+
+class JobFinished(Conflict):
+    code = "job_finished"
+
+
+class Unavailable(OrchestratorError):
+    """A backing service (database, Redis) does not answer."""
+
+    code = "unavailable"
+
+
+class StoreUnavailable(Unavailable):
+    code = "database_unavailable"
+
+
+class StreamsUnavailable(Unavailable):
+    code = "redis_unavailable"
+
+
+class HandlerNotFound(OrchestratorError):
+    code = "handler_not_found"

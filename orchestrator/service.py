@@ -1,0 +1,107 @@
+"""`JobService`: what the API does with jobs, independent of HTTP."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import UTC, timedelta
+
+from orchestrator.api.schemas import SubmitRequest
+from orchestrator.clock import Clock
+from orchestrator.errors import InvalidRequest, JobNotFound, PayloadTooLarge, StreamsUnavailable
+from orchestrator.jobs import Dispatch, Job, JobEvent, JobSpec, Priority, request_hash
+from orchestrator.settings import Settings
+from orchestrator.store import JobPage, Store, Submitted
+from orchestrator.store.codec import dumps
+from orchestrator.streams import Streams
+
+logger = logging.getLogger(__name__)
+
+
+class JobService:
+    def __init__(self, store: Store, streams: Streams, settings: Settings, clock: Clock) -> None:
+        self.store = store
+        self.streams = streams
+        self.settings = settings
+        self.clock = clock
+
+    def submit(
+        self, requests: Sequence[SubmitRequest], owner: str = "anonymous"
+    ) -> list[Submitted]:
+        """Store the jobs (all or nothing), then publish the due ones."""
+        if len(requests) > self.settings.max_batch_size:
+            raise InvalidRequest(
+                f"a batch holds at most {self.settings.max_batch_size} jobs",
+                limit=self.settings.max_batch_size,
+            )
+        specs = [self._spec(r, owner) for r in requests]
+        now = self.clock.now()
+        submitted = self.store.submit_jobs(specs, now)
+        due = [
+            Dispatch(s.job.id, s.job.type, s.job.priority, 1)
+            for s in submitted
+            if s.created and s.job.available_at <= now
+        ]
+        self._publish(due)
+        return submitted
+
+    def _publish(self, dispatches: list[Dispatch]) -> None:
+        try:
+            self.streams.publish(dispatches)
+        except StreamsUnavailable as exc:
+            # The rows are committed, so the jobs exist; the scheduler publishes them later.
+            logger.warning(
+                "could not publish %d jobs, left for the scheduler: %s",
+                len(dispatches),
+                exc,
+                extra={"event": "publish_deferred"},
+            )
+            self.store.mark_unpublished([d.job_id for d in dispatches])
+
+    def _spec(self, request: SubmitRequest, owner: str) -> JobSpec:
+        size = len(dumps(request.payload).encode())
+        if size > self.settings.max_payload_bytes:
+            raise PayloadTooLarge(
+                f"payload is {size} bytes; the limit is {self.settings.max_payload_bytes}",
+                limit=self.settings.max_payload_bytes,
+            )
+        timeout_s = request.timeout_s or self.settings.default_timeout_s
+        if timeout_s > self.settings.max_timeout_s:
+            raise InvalidRequest(f"timeout_s is over the limit of {self.settings.max_timeout_s}")
+        now = self.clock.now()
+        if request.run_at is not None:
+            run_at = request.run_at
+            if run_at.tzinfo is not None:
+                run_at = run_at.astimezone(UTC).replace(tzinfo=None)
+            available_at = max(run_at, now)
+        else:
+            available_at = now + timedelta(seconds=request.delay_s or 0)
+        return JobSpec(
+            type=request.type,
+            payload=request.payload,
+            priority=Priority.from_label(request.priority),
+            max_attempts=request.max_attempts or self.settings.default_max_attempts,
+            timeout_s=timeout_s,
+            available_at=available_at,
+            idempotency_key=request.idempotency_key,
+            request_hash=request_hash(request.model_dump(mode="json", exclude_none=True)),
+            owner=owner,
+        )
+
+    def get(self, job_id: str) -> Job:
+        job = self.store.get_job(job_id)
+        if job is None:
+            raise JobNotFound(f"no job {job_id}", job_id=job_id)
+        return job
+
+    def list(
+        self, *, status: str | None, type: str | None, limit: int, cursor: str | None
+    ) -> JobPage:
+        return self.store.list_jobs(status=status, type=type, limit=limit, cursor=cursor)
+
+    def events(self, job_id: str) -> list[JobEvent]:
+        self.get(job_id)
+        return self.store.job_events(job_id)
+
+    def cancel(self, job_id: str, actor: str = "anonymous") -> Job:
+        return self.store.cancel_job(job_id, self.clock.now(), actor)

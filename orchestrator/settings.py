@@ -1,0 +1,97 @@
+"""Every setting of the service, read from `ORCH_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EMBEDDED = "embedded"
+
+
+class Settings(BaseSettings):
+    """Settings, each overridable with an environment variable `ORCH_<NAME>`.
+
+    The defaults run with no servers: a SQLite file and an embedded Redis under `data_dir`.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ORCH_", extra="ignore")
+
+    # Where things live.
+    data_dir: Path = Field(
+        Path("var"), description="Folder for the SQLite file and embedded Redis."
+    )
+    database_url: str = Field(
+        "",
+        description="SQLAlchemy URL, e.g. mysql+pymysql://user:pw@host/db. "
+        "Empty: a SQLite file in data_dir.",
+    )
+    redis_url: str = Field(
+        EMBEDDED,
+        description="redis:// or unix:// URL, or 'embedded' for the Redis that "
+        "`orchestrator up` starts in data_dir.",
+    )
+    redis_prefix: str = Field("", description="Prefix for every Redis key (to share a Redis).")
+
+    # The API.
+    host: str = Field("127.0.0.1", description="Address the API binds to.")
+    port: int = Field(8014, ge=1, le=65535, description="Port the API binds to.")
+
+    # Jobs.
+    max_payload_bytes: int = Field(1 << 20, ge=1, description="Largest job payload (JSON bytes).")
+    max_request_bytes: int = Field(
+        16 << 20, ge=1, description="Largest HTTP request body (a whole batch)."
+    )
+    max_result_bytes: int = Field(1 << 20, ge=1, description="Largest job result (JSON bytes).")
+    max_batch_size: int = Field(1000, ge=1, description="Most jobs in one submit_batch request.")
+    max_page_size: int = Field(500, ge=1, description="Most jobs in one GET /jobs page.")
+    default_max_attempts: int = Field(3, ge=1, description="Attempts when a submit names none.")
+    default_timeout_s: float = Field(600.0, gt=0, description="Handler time limit by default.")
+    max_timeout_s: float = Field(7 * 86400.0, gt=0, description="Largest timeout_s accepted.")
+    retry_backoff_base_s: float = Field(1.0, ge=0, description="First retry delay.")
+    retry_backoff_max_s: float = Field(300.0, ge=0, description="Longest retry delay.")
+
+    # The engine.
+    scheduler_interval_s: float = Field(
+        0.25, gt=0, description="How often due delayed and retried jobs are published."
+    )
+
+    # Workers.
+    worker_concurrency: int = Field(4, ge=1, description="Handler threads per worker process.")
+    heartbeat_interval_s: float = Field(
+        2.0, gt=0, description="How often a worker heartbeats its running jobs."
+    )
+    read_block_ms: int = Field(1000, ge=1, description="How long a worker blocks on a read.")
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, description="How long a stopping worker lets running handlers finish."
+    )
+    cancel_grace_s: float = Field(
+        10.0, ge=0, description="How long a cancelled handler may run before it is stopped."
+    )
+    up_workers: int = Field(2, ge=0, description="Worker processes that `orchestrator up` starts.")
+
+    # Storage tuning.
+    sqlite_busy_timeout_ms: int = Field(
+        15000, ge=0, description="How long SQLite waits on a locked database."
+    )
+
+    # Logs.
+    log_level: str = Field("INFO", description="Log level.")
+    log_json: bool = Field(False, description="Log JSON lines instead of readable text.")
+
+    def resolved_database_url(self) -> str:
+        """The database URL, with the embedded SQLite default filled in."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'orchestrator.db').resolve()}"
+
+    def embedded_redis_socket(self) -> Path:
+        """Where the embedded Redis listens (a unix socket in data_dir)."""
+        return (self.data_dir / "redis.sock").resolve()
+
+    def resolved_redis_url(self) -> str:
+        """The Redis URL, with the embedded socket filled in."""
+        if self.redis_url == EMBEDDED:
+            return f"unix://{self.embedded_redis_socket()}"
+        return self.redis_url

@@ -1,0 +1,95 @@
+"""The storage boundary: the engine, the API and workers talk to a `Store`, never to SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from orchestrator.jobs import Claim, Dispatch, Job, JobEvent, JobSpec, JobStatus
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A job as a submit left it; `created` is False when an idempotency key matched."""
+
+    job: Job
+    created: bool
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What recording an attempt's outcome did; `status` is None when the claim was fenced."""
+
+    status: JobStatus | None
+    job: Job | None = None
+
+    @property
+    def fenced(self) -> bool:
+        return self.status is None
+
+
+@dataclass(frozen=True)
+class JobPage:
+    jobs: list[Job]
+    next_cursor: str | None
+
+
+class Store(Protocol):
+    """Durable state of jobs. Every transition is one short conditional transaction."""
+
+    def submit_jobs(self, specs: Sequence[JobSpec], now: datetime) -> list[Submitted]:
+        """Insert the jobs, all or nothing. A reused idempotency key with the same request
+        returns the existing job; with another request it raises `IdempotencyConflict`."""
+        ...
+
+    def mark_unpublished(self, job_ids: Sequence[str]) -> None:
+        """Their message did not reach Redis: have the scheduler publish them again."""
+        ...
+
+    def due_dispatches(self, now: datetime, limit: int) -> list[Dispatch]:
+        """Claimable jobs that are due and not yet published, most urgent first."""
+        ...
+
+    def mark_published(self, job_ids: Sequence[str], now: datetime) -> None: ...
+
+    def unpublish_waiting(self) -> int:
+        """Redis lost its messages: mark every waiting job for publishing again."""
+        ...
+
+    def get_job(self, job_id: str) -> Job | None: ...
+
+    def list_jobs(
+        self, *, status: str | None, type: str | None, limit: int, cursor: str | None
+    ) -> JobPage: ...
+
+    def job_events(self, job_id: str) -> list[JobEvent]: ...
+
+    def cancel_job(self, job_id: str, now: datetime, actor: str) -> Job:
+        """Cancel a waiting job, or ask a running one to stop. Raises `JobNotFound` or
+        `JobFinished`."""
+        ...
+
+    def claim_job(self, dispatch: Dispatch, worker_id: str, now: datetime) -> Claim | None:
+        """Claim the attempt a message names; None when the message is stale or a duplicate."""
+        ...
+
+    def heartbeat(self, claims: Sequence[Claim], now: datetime) -> set[str]:
+        """Refresh the heartbeat of running claims; returns the tokens asked to cancel."""
+        ...
+
+    def record_progress(self, claim: Claim, progress: Any, now: datetime) -> bool: ...
+
+    def complete_job(self, claim: Claim, result: Any, now: datetime) -> Outcome: ...
+
+    def fail_job(self, claim: Claim, error: str, now: datetime, retry_delay_s: float) -> Outcome:
+        """Fail the attempt: `failed` (retried after the delay) while attempts remain, else
+        `dead_letter`; `cancelled` when a cancel was asked for."""
+        ...
+
+    def release_job(self, claim: Claim, now: datetime) -> Outcome:
+        """Give an unfinished attempt back (worker shutdown): `pending`, attempt not counted."""
+        ...
+
+    def close(self) -> None: ...

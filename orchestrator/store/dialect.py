@@ -1,0 +1,77 @@
+"""Everything that differs between MariaDB and SQLite lives here."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+# Execution option that marks a connection as about to write (see `_begin`).
+WRITE_OPTION = "orchestrator_write"
+
+
+def create_engine(url: str, *, sqlite_busy_timeout_ms: int = 15000) -> Engine:
+    """An engine tuned for this workload on either backend."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed, sqlite_busy_timeout_ms)
+    return sa.create_engine(
+        parsed,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        pool_size=10,
+        max_overflow=20,
+        # Conditional updates need no gap locks; READ COMMITTED avoids their deadlocks.
+        isolation_level="READ COMMITTED",
+        connect_args={"charset": "utf8mb4"},
+    )
+
+
+def _sqlite_engine(url: sa.URL, busy_timeout_ms: int) -> Engine:
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000},
+        pool_size=8,
+        max_overflow=16,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, emit BEGIN (see `_begin`).
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        # A write transaction takes the lock up front: a read that later upgrades to a write
+        # would fail at once with SQLITE_BUSY instead of waiting for the lock.
+        if conn.get_execution_options().get(WRITE_OPTION):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def is_duplicate_key(exc: sa.exc.IntegrityError) -> bool:
+    """Whether an IntegrityError is a unique-key violation (and not, say, a NOT NULL one)."""
+    orig = exc.orig
+    if isinstance(orig, sqlite3.IntegrityError):
+        return "UNIQUE" in str(orig)
+    args = getattr(orig, "args", ())
+    return bool(args) and args[0] == 1062  # MySQL/MariaDB ER_DUP_ENTRY

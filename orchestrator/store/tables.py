@@ -1,0 +1,81 @@
+"""The schema, as SQLAlchemy Core tables. Alembic migrations must produce exactly this."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# Microsecond timestamps on MariaDB (its DATETIME defaults to whole seconds).
+Timestamp = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+# Payloads and results up to 16 MiB on MariaDB (TEXT stops at 64 KiB).
+LongText = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+# SQLite autoincrements only an INTEGER PRIMARY KEY.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+MYSQL_OPTIONS = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
+
+jobs = sa.Table(
+    "orchestrator_jobs",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("owner", sa.String(128), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("priority", sa.SmallInteger(), nullable=False),
+    sa.Column("payload", LongText, nullable=False),
+    sa.Column("attempts", sa.Integer(), nullable=False),
+    sa.Column("max_attempts", sa.Integer(), nullable=False),
+    sa.Column("timeout_s", sa.Float(), nullable=False),
+    sa.Column("idempotency_key", sa.String(255), nullable=True),
+    sa.Column("request_hash", sa.String(64), nullable=True),
+    # Not before this time: the run_at/delay of a submit, or the backoff of a retry.
+    sa.Column("available_at", Timestamp, nullable=False),
+    # When its current attempt's message was handed to Redis; NULL: still to publish.
+    sa.Column("published_at", Timestamp, nullable=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.Column("started_at", Timestamp, nullable=True),
+    sa.Column("finished_at", Timestamp, nullable=True),
+    sa.Column("heartbeat_at", Timestamp, nullable=True),
+    sa.Column("worker_id", sa.String(128), nullable=True),
+    # Fencing token of the current claim: every write of an attempt's outcome must match it.
+    sa.Column("claim_token", sa.String(32), nullable=True),
+    sa.Column("cancel_requested", sa.Boolean(), nullable=False),
+    sa.Column("result", LongText, nullable=True),
+    sa.Column("error", sa.Text(), nullable=True),
+    sa.Column("progress", sa.Text(), nullable=True),
+    sa.Index(None, "owner", "idempotency_key", unique=True),
+    sa.Index(None, "published_at", "available_at"),
+    sa.Index(None, "status", "type", "id"),
+    sa.Index(None, "type", "id"),
+    **MYSQL_OPTIONS,
+)
+
+job_events = sa.Table(
+    "orchestrator_job_events",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column(
+        "job_id",
+        sa.String(36),
+        sa.ForeignKey("orchestrator_jobs.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("at", Timestamp, nullable=False),
+    sa.Column("event", sa.String(32), nullable=False),
+    sa.Column("status", sa.String(16), nullable=True),
+    sa.Column("attempt", sa.Integer(), nullable=False),
+    sa.Column("actor", sa.String(128), nullable=False),
+    sa.Column("detail", sa.Text(), nullable=True),
+    sa.Index(None, "job_id", "id"),
+    **MYSQL_OPTIONS,
+)

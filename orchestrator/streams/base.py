@@ -1,0 +1,54 @@
+"""The delivery boundary: the engine, the API and workers talk to `Streams`, never to Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from orchestrator.jobs import Dispatch
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message read from a job stream, to be acked once its outcome is committed."""
+
+    stream: str
+    entry_id: str
+    dispatch: Dispatch
+
+
+class Streams(Protocol):
+    def publish(self, dispatches: Sequence[Dispatch]) -> None:
+        """Append one message per dispatch to its type's stream (one round trip)."""
+        ...
+
+    def ensure_groups(self, job_types: Sequence[str]) -> None:
+        """Create the consumer groups (and streams) if missing."""
+        ...
+
+    def read(
+        self, consumer: str, job_types: Sequence[str], count: int, block_ms: int
+    ) -> list[Delivery]:
+        """New messages for `consumer`, up to `count` per stream, most urgent band first."""
+        ...
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Acknowledge and delete handled messages (one round trip)."""
+        ...
+
+    def requeue(self, deliveries: Sequence[Delivery]) -> None:
+        """Put read-but-unstarted messages back at the end of their streams."""
+        ...
+
+    def dead_letter(self, dispatch: Dispatch, error: str) -> None:
+        """Copy a dead job to its type's DLQ stream."""
+        ...
+
+    def mark_epoch(self) -> bool:
+        """Record that this Redis is known; True when it was not (new, or it lost its data)."""
+        ...
+
+    def ping(self) -> bool: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,181 @@
+"""`RedisStreams`: job delivery over Redis Streams and consumer groups."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+
+from orchestrator.errors import StreamsUnavailable
+from orchestrator.ids import new_token
+from orchestrator.jobs import Dispatch, Priority
+from orchestrator.streams.base import Delivery
+from orchestrator.streams.keys import Keys
+
+logger = logging.getLogger(__name__)
+
+# A blocking read on several job types can wait on one group only; it waits this long on
+# each in turn, so that no type waits long behind another.
+MULTI_TYPE_BLOCK_MS = 100
+
+
+class RedisStreams:
+    def __init__(self, client: redis.Redis, keys: Keys | None = None) -> None:
+        self.client = client
+        self.keys = keys or Keys()
+        self._stream_band: dict[str, tuple[str, Priority]] = {}
+        self._rotation = 0
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str = "") -> RedisStreams:
+        client = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=5,
+            socket_timeout=30,
+            health_check_interval=30,
+        )
+        return cls(client, Keys(prefix))
+
+    def close(self) -> None:
+        self.client.close()
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StreamsUnavailable(f"redis error: {exc}") from exc
+
+    def ping(self) -> bool:
+        with self._guard():
+            return bool(self.client.ping())
+
+    # -- producing ------------------------------------------------------------------------
+
+    def publish(self, dispatches: Sequence[Dispatch]) -> None:
+        if not dispatches:
+            return
+        with self._guard():
+            pipe = self.client.pipeline(transaction=False)
+            for d in dispatches:
+                pipe.xadd(self.keys.stream(d.type, d.priority), _fields(d))
+            pipe.execute()
+
+    def dead_letter(self, dispatch: Dispatch, error: str) -> None:
+        fields = {**_fields(dispatch), "error": error[:4000], "at": str(time.time())}
+        with self._guard():
+            self.client.xadd(self.keys.dlq(dispatch.type), fields)
+
+    def mark_epoch(self) -> bool:
+        with self._guard():
+            return bool(self.client.set(self.keys.redis_epoch(), new_token(), nx=True))
+
+    # -- consuming ------------------------------------------------------------------------
+
+    def ensure_groups(self, job_types: Sequence[str]) -> None:
+        with self._guard():
+            for job_type in job_types:
+                for stream, _ in self.keys.streams(job_type):
+                    try:
+                        # From id 0: messages published before any worker existed count too.
+                        self.client.xgroup_create(
+                            stream, self.keys.group(job_type), id="0", mkstream=True
+                        )
+                    except redis.ResponseError as exc:
+                        if "BUSYGROUP" not in str(exc):
+                            raise
+
+    def read(
+        self, consumer: str, job_types: Sequence[str], count: int, block_ms: int
+    ) -> list[Delivery]:
+        with self._guard():
+            try:
+                deliveries = self._read_now(consumer, job_types, count)
+                if deliveries or block_ms <= 0:
+                    return deliveries
+                return self._read_blocking(consumer, job_types, count, block_ms)
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # Redis lost the group (restart, FLUSHALL): make it again and read next time.
+                logger.warning(
+                    "consumer group missing; recreating it", extra={"event": "group_recreated"}
+                )
+                self.ensure_groups(job_types)
+                return []
+
+    def _streams_of(self, job_type: str) -> dict[str, str]:
+        streams = {}
+        for stream, band in self.keys.streams(job_type):
+            self._stream_band[stream] = (job_type, band)
+            streams[stream] = ">"
+        return streams
+
+    def _read_now(self, consumer: str, job_types: Sequence[str], count: int) -> list[Delivery]:
+        pipe = self.client.pipeline(transaction=False)
+        for job_type in job_types:
+            pipe.xreadgroup(
+                self.keys.group(job_type), consumer, self._streams_of(job_type), count=count
+            )
+        replies = pipe.execute()
+        return self._deliveries(replies)
+
+    def _read_blocking(
+        self, consumer: str, job_types: Sequence[str], count: int, block_ms: int
+    ) -> list[Delivery]:
+        if len(job_types) > 1:
+            block_ms = min(block_ms, MULTI_TYPE_BLOCK_MS)
+        self._rotation = (self._rotation + 1) % len(job_types)
+        job_type = job_types[self._rotation]
+        reply = self.client.xreadgroup(
+            self.keys.group(job_type),
+            consumer,
+            self._streams_of(job_type),
+            count=count,
+            block=block_ms,
+        )
+        return self._deliveries([reply])
+
+    def _deliveries(self, replies: list[Any]) -> list[Delivery]:
+        deliveries = []
+        for reply in replies:
+            for stream, entries in reply or []:
+                job_type, band = self._stream_band[stream]
+                for entry_id, fields in entries:
+                    if not fields:  # an entry deleted while pending; the reclaimer handles it
+                        continue
+                    dispatch = Dispatch(fields["job_id"], job_type, band, int(fields["attempt"]))
+                    deliveries.append(Delivery(stream, entry_id, dispatch))
+        deliveries.sort(key=lambda d: d.dispatch.priority)
+        return deliveries
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        with self._guard():
+            pipe = self.client.pipeline(transaction=False)
+            for d in deliveries:
+                pipe.xack(d.stream, self.keys.group(d.dispatch.type), d.entry_id)
+                # Acked entries are deleted, so a stream holds only undelivered and pending ones.
+                pipe.xdel(d.stream, d.entry_id)
+            pipe.execute()
+
+    def requeue(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        with self._guard():
+            pipe = self.client.pipeline(transaction=True)
+            for d in deliveries:
+                pipe.xadd(d.stream, _fields(d.dispatch))
+                pipe.xack(d.stream, self.keys.group(d.dispatch.type), d.entry_id)
+                pipe.xdel(d.stream, d.entry_id)
+            pipe.execute()
+
+
+def _fields(dispatch: Dispatch) -> dict[str, str]:
+    return {"job_id": dispatch.job_id, "attempt": str(dispatch.attempt)}

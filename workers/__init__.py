@@ -1,0 +1,8 @@
+"""The worker runtime: handlers, their context, and the worker loop."""
+
+from __future__ import annotations
+
+from workers.context import JobCancelled, JobContext, JobTimeout
+from workers.registry import HandlerRegistry, handler
+
+__all__ = ["HandlerRegistry", "JobCancelled", "JobContext", "JobTimeout", "handler"]

@@ -1,0 +1,71 @@
+"""What a handler sees of its job: `JobContext`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+
+class JobInterrupted(BaseException):
+    """Raised inside a handler's thread to stop it. A BaseException, so that a handler's own
+    `except Exception` does not swallow it."""
+
+
+class JobTimeout(JobInterrupted):
+    """The handler ran past its job's `timeout_s`."""
+
+
+class JobCancelled(JobInterrupted):
+    """The job was cancelled; a handler may raise this itself after seeing `ctx.cancelled`."""
+
+
+class JobContext:
+    """One attempt of one job, as its handler sees it."""
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        job_type: str,
+        payload: Any,
+        attempt: int,
+        max_attempts: int,
+        timeout_s: float,
+        report_progress: Callable[[Any], None],
+    ) -> None:
+        self.id = job_id
+        self.type = job_type
+        self.payload = payload
+        self.attempt = attempt
+        self.max_attempts = max_attempts
+        self.timeout_s = timeout_s
+        self._report_progress = report_progress
+        self._cancel = threading.Event()
+        self.logger = logging.LoggerAdapter(
+            logging.getLogger(f"workers.jobs.{job_type}"),
+            {"job_id": job_id, "attempt": attempt},
+        )
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the job was cancelled (or ran out of time): stop soon."""
+        return self._cancel.is_set()
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`, waking early on cancellation; True if cancelled."""
+        return self._cancel.wait(seconds)
+
+    def check_cancelled(self) -> None:
+        """Raise `JobCancelled` if the job was cancelled."""
+        if self._cancel.is_set():
+            raise JobCancelled()
+
+    def progress(self, value: Any) -> None:
+        """Record progress (any JSON value, e.g. {"done": 3, "total": 10}); visible in
+        GET /jobs/{id}. Also counts as a heartbeat."""
+        self._report_progress(value)
+
+    def _set_cancelled(self) -> None:
+        self._cancel.set()

@@ -1,0 +1,484 @@
+"""The worker: read deliveries, claim, run the handler, record the outcome, then ack.
+
+Threads: the main loop reads from Redis and hands deliveries to `concurrency` slot threads;
+each slot claims its job, runs the handler and commits the outcome; a monitor thread
+heartbeats running jobs, passes on cancellations and enforces time limits.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from orchestrator.clock import Clock, SystemClock
+from orchestrator.errors import OrchestratorError, Unavailable
+from orchestrator.ids import new_token
+from orchestrator.jobs import Claim, retry_delay_s
+from orchestrator.settings import Settings
+from orchestrator.store import Outcome, Store
+from orchestrator.store.codec import dumps
+from orchestrator.streams import Delivery, Streams
+from workers.context import JobCancelled, JobContext, JobInterrupted, JobTimeout
+from workers.interrupt import clear_in_thread, raise_in_thread
+from workers.outcomes import OutcomeRecorder
+from workers.registry import HandlerRegistry
+
+logger = logging.getLogger(__name__)
+
+MONITOR_TICK_S = 0.1
+# An interrupted handler that does not stop is interrupted again this often.
+REINTERRUPT_S = 1.0
+
+
+@dataclass
+class Running:
+    """A job a slot is running now."""
+
+    claim: Claim
+    delivery: Delivery
+    ctx: JobContext
+    thread_id: int
+    deadline: float  # monotonic
+    cancel_deadline: float | None = None
+    interrupt: type[JobInterrupted] | None = None
+    interrupted_at: float = 0.0
+    finished: bool = False
+    released: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Worker:
+    def __init__(
+        self,
+        store: Store,
+        streams: Streams,
+        registry: HandlerRegistry,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        job_types: list[str] | None = None,
+        concurrency: int | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.store = store
+        self.streams = streams
+        self.registry = registry
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.job_types = job_types or registry.types
+        for job_type in self.job_types:
+            registry.get(job_type)  # fail now, not at the first job
+        self.concurrency = concurrency or settings.worker_concurrency
+        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{new_token()[:6]}"
+        self.outcomes = OutcomeRecorder(store, streams, self.clock)
+
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._cond = threading.Condition()
+        self._idle = self.concurrency
+        self._buffer: list[tuple[int, int, Delivery]] = []
+        self._seq = itertools.count()
+        self._work: queue.Queue[Delivery | None] = queue.Queue()
+        self._running: dict[str, Running] = {}  # by claim token
+        self._outage: str | None = None
+        self.completed = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT: stop gracefully; a second one: stop now."""
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            if self._stopping.is_set():
+                logger.warning(
+                    "second signal: giving running jobs back now",
+                    extra={"event": "worker_stop_now"},
+                )
+                self.settings = self.settings.model_copy(update={"shutdown_grace_s": 0})
+                with self._cond:
+                    self._cond.notify_all()
+                return
+            logger.info(
+                "signal %d: stopping; running jobs get %.0fs to finish",
+                signum,
+                self.settings.shutdown_grace_s,
+                extra={"event": "worker_stopping"},
+            )
+            self.stop()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    def stop(self) -> None:
+        """Stop reading; `run` then drains and returns."""
+        self._stopping.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
+
+    def run(self) -> None:
+        """Serve until `stop`, then finish or give back every job, leaving nothing claimed."""
+        logger.info(
+            "worker %s serving %s with %d slots",
+            self.id,
+            ",".join(self.job_types),
+            self.concurrency,
+            extra={"event": "worker_started", "worker": self.id},
+        )
+        self._call_until_ok(lambda: self.streams.ensure_groups(self.job_types))
+        threads = [
+            threading.Thread(target=self._slot, name=f"slot-{i}", daemon=True)
+            for i in range(self.concurrency)
+        ]
+        threads.append(threading.Thread(target=self._monitor, name="monitor", daemon=True))
+        for t in threads:
+            t.start()
+        try:
+            while not self._stopping.is_set():
+                self._step()
+        finally:
+            self._drain()
+            self._stopped.set()
+            logger.info("worker %s stopped", self.id, extra={"event": "worker_stopped"})
+
+    # -- the main loop ----------------------------------------------------------------------
+
+    def _step(self) -> None:
+        with self._cond:
+            while self._idle == 0 and not self._stopping.is_set():
+                self._cond.wait(0.5)
+            free = self._idle
+        if self._stopping.is_set():
+            return
+        # Keep at most `concurrency` read ahead, so new urgent jobs are not stuck behind many.
+        if len(self._buffer) < self.concurrency:
+            block_ms = 0 if self._buffer else self.settings.read_block_ms
+            started = time.monotonic()
+            for delivery in self._read(free, block_ms):
+                heapq.heappush(
+                    self._buffer, (delivery.dispatch.priority, next(self._seq), delivery)
+                )
+            if not self._buffer:
+                # Some Redis stand-ins (fakeredis) answer a blocking read at once: don't spin.
+                if (time.monotonic() - started) * 1000 < block_ms / 2:
+                    self._stopping.wait(0.05)
+                return
+        with self._cond:
+            while self._idle > 0 and self._buffer:
+                self._idle -= 1
+                self._work.put(heapq.heappop(self._buffer)[2])
+
+    def _read(self, count: int, block_ms: int) -> list[Delivery]:
+        try:
+            deliveries = self.streams.read(self.id, self.job_types, count, block_ms)
+        except Unavailable as exc:
+            self._note_outage(exc)
+            self._stopping.wait(1.0)
+            return []
+        self._note_recovery()
+        return deliveries
+
+    def _note_outage(self, exc: Exception) -> None:
+        if self._outage is None:  # once per outage
+            logger.error("worker %s: %s; retrying", self.id, exc, extra={"event": "outage"})
+        self._outage = str(exc)
+
+    def _note_recovery(self) -> None:
+        if self._outage is not None:
+            logger.info("worker %s: reconnected", self.id, extra={"event": "recovered"})
+            self._outage = None
+
+    def _call_until_ok(self, fn: Any) -> None:
+        while not self._stopping.is_set():
+            try:
+                fn()
+                self._note_recovery()
+                return
+            except Unavailable as exc:
+                self._note_outage(exc)
+                self._stopping.wait(1.0)
+
+    # -- slots ----------------------------------------------------------------------------
+
+    def _slot(self) -> None:
+        while True:
+            delivery = self._work.get()
+            if delivery is None:
+                return
+            try:
+                self._process(delivery)
+            except Exception:
+                logger.exception(
+                    "worker %s: failed to process a delivery",
+                    self.id,
+                    extra={"event": "slot_error", "job_id": delivery.dispatch.job_id},
+                )
+            finally:
+                with self._cond:
+                    self._idle += 1
+                    self._cond.notify_all()
+
+    def _process(self, delivery: Delivery) -> None:
+        dispatch = delivery.dispatch
+        try:
+            claim = self.store.claim_job(dispatch, self.id, self.clock.now())
+        except Unavailable as exc:
+            # Not claimed: put it back for later rather than leave it pending here.
+            self._note_outage(exc)
+            self._requeue([delivery])
+            return
+        if claim is None:
+            logger.debug(
+                "stale or duplicate delivery of job %s attempt %d: skipped",
+                dispatch.job_id,
+                dispatch.attempt,
+                extra={"event": "claim_skipped", "job_id": dispatch.job_id},
+            )
+            self.outcomes.ack(delivery)
+            return
+        running = self._start(claim, delivery)
+        status, value = self._run_handler(running)
+        with running.lock:
+            if running.released:
+                return  # shutdown gave the job back; its outcome is no longer ours
+        self._record(running, status, value)
+
+    def _start(self, claim: Claim, delivery: Delivery) -> Running:
+        job = claim.job
+
+        def report(progress: Any) -> None:
+            self.store.record_progress(claim, progress, self.clock.now())
+
+        ctx = JobContext(
+            job_id=job.id,
+            job_type=job.type,
+            payload=job.payload,
+            attempt=claim.attempt,
+            max_attempts=job.max_attempts,
+            timeout_s=job.timeout_s,
+            report_progress=report,
+        )
+        running = Running(
+            claim=claim,
+            delivery=delivery,
+            ctx=ctx,
+            thread_id=threading.get_ident(),
+            deadline=time.monotonic() + job.timeout_s,
+        )
+        with self._cond:
+            self._running[claim.token] = running
+        logger.info(
+            "job %s attempt %d started",
+            job.id,
+            claim.attempt,
+            extra={"event": "job_started", "job_id": job.id, "attempt": claim.attempt},
+        )
+        return running
+
+    def _run_handler(self, running: Running) -> tuple[str, Any]:
+        """Run the handler; returns ("ok", result), ("timeout"|"cancelled", None) or
+        ("error", message)."""
+        outcome: tuple[str, Any] | None = None
+        try:
+            try:
+                fn = self.registry.get(running.claim.job.type)
+                outcome = ("ok", fn(running.ctx))
+            except JobTimeout:
+                outcome = ("timeout", None)
+            except JobCancelled:
+                outcome = ("cancelled", None)
+            except (Exception, SystemExit) as exc:
+                outcome = ("error", _describe(exc))
+            finally:
+                with running.lock:
+                    running.finished = True
+                    if running.interrupt is not None:
+                        clear_in_thread(running.thread_id)
+        except JobInterrupted as late:
+            # The interrupt landed after the handler returned, before it was marked finished.
+            if outcome is None:
+                outcome = ("timeout" if isinstance(late, JobTimeout) else "cancelled", None)
+        with self._cond:
+            self._running.pop(running.claim.token, None)
+        assert outcome is not None
+        return outcome
+
+    def _record(self, running: Running, status: str, value: Any) -> None:
+        claim = running.claim
+        job = claim.job
+        if status == "ok":
+            try:
+                size = len(dumps(value).encode())
+            except (TypeError, ValueError) as exc:
+                status, value = "error", f"result is not JSON-serialisable: {exc}"
+            else:
+                if size > self.settings.max_result_bytes:
+                    status, value = (
+                        "error",
+                        (f"result is {size} bytes; the limit is {self.settings.max_result_bytes}"),
+                    )
+        if status == "ok":
+            outcome = self.outcomes.complete(claim, value)
+        else:
+            error = {
+                "timeout": f"timed out after {job.timeout_s:g}s",
+                "cancelled": "cancelled",
+            }.get(status, value)
+            delay = retry_delay_s(
+                claim.attempt, self.settings.retry_backoff_base_s, self.settings.retry_backoff_max_s
+            )
+            outcome = self.outcomes.fail(claim, error, delay)
+        self._log_outcome(claim, outcome)
+        if outcome is not None:
+            self.outcomes.ack(running.delivery)
+            self.completed += 1
+
+    def _log_outcome(self, claim: Claim, outcome: Outcome | None) -> None:
+        if outcome is None or outcome.status is None:
+            return
+        level = logging.INFO if outcome.status.value in ("done", "cancelled") else logging.WARNING
+        logger.log(
+            level,
+            "job %s attempt %d: %s",
+            claim.job.id,
+            claim.attempt,
+            outcome.status.value,
+            extra={
+                "event": "job_" + outcome.status.value,
+                "job_id": claim.job.id,
+                "attempt": claim.attempt,
+            },
+        )
+
+    # -- monitor: heartbeats, cancellation, time limits --------------------------------------
+
+    def _monitor(self) -> None:
+        next_beat = 0.0
+        while not self._stopped.is_set():
+            now = time.monotonic()
+            if now >= next_beat:
+                next_beat = now + self.settings.heartbeat_interval_s
+                self._heartbeat()
+            self._enforce_limits(now)
+            self._stopped.wait(MONITOR_TICK_S)
+
+    def _heartbeat(self) -> None:
+        with self._cond:
+            running = list(self._running.values())
+        if not running:
+            return
+        try:
+            cancel = self.store.heartbeat([r.claim for r in running], self.clock.now())
+        except Unavailable as exc:
+            self._note_outage(exc)
+            return
+        for r in running:
+            if r.claim.token in cancel and r.cancel_deadline is None:
+                logger.info(
+                    "job %s: cancel requested",
+                    r.claim.job.id,
+                    extra={"event": "cancel_seen", "job_id": r.claim.job.id},
+                )
+                r.ctx._set_cancelled()
+                r.cancel_deadline = time.monotonic() + self.settings.cancel_grace_s
+
+    def _enforce_limits(self, now: float) -> None:
+        with self._cond:
+            running = list(self._running.values())
+        for r in running:
+            if now >= r.deadline:
+                self._interrupt(r, JobTimeout, now)
+            elif r.cancel_deadline is not None and now >= r.cancel_deadline:
+                self._interrupt(r, JobCancelled, now)
+
+    def _interrupt(self, r: Running, exc_type: type[JobInterrupted], now: float) -> None:
+        with r.lock:
+            if r.finished or now - r.interrupted_at < REINTERRUPT_S:
+                return
+            r.ctx._set_cancelled()
+            r.interrupt = exc_type
+            r.interrupted_at = now
+            raise_in_thread(r.thread_id, exc_type)
+        logger.warning(
+            "job %s: interrupting its handler (%s)",
+            r.claim.job.id,
+            exc_type.__name__,
+            extra={"event": "handler_interrupted", "job_id": r.claim.job.id},
+        )
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        with self._cond:
+            unstarted = [item[2] for item in self._buffer]
+            self._buffer.clear()
+        self._requeue(unstarted)
+        deadline = time.monotonic() + self.settings.shutdown_grace_s
+        with self._cond:
+            while self._idle < self.concurrency and time.monotonic() < deadline:
+                remaining = deadline - time.monotonic()
+                self._cond.wait(min(0.2, max(remaining, 0.0)))
+                # A second signal sets the grace to 0: stop waiting at once.
+                deadline = min(deadline, time.monotonic() + self.settings.shutdown_grace_s)
+            leftovers = list(self._running.values())
+        for r in leftovers:
+            self._give_back(r)
+        for _ in range(self.concurrency):
+            self._work.put(None)
+
+    def _give_back(self, r: Running) -> None:
+        with r.lock:
+            if r.finished:
+                return
+            r.released = True
+            r.ctx._set_cancelled()
+            raise_in_thread(r.thread_id, JobCancelled)
+        try:
+            outcome = self.store.release_job(r.claim, self.clock.now())
+        except OrchestratorError as exc:
+            logger.error(
+                "job %s: could not give it back (%s); the reclaimer will",
+                r.claim.job.id,
+                exc,
+                extra={"event": "release_failed", "job_id": r.claim.job.id},
+            )
+            return
+        logger.warning(
+            "job %s attempt %d: given back unfinished (%s)",
+            r.claim.job.id,
+            r.claim.attempt,
+            outcome.status,
+            extra={"event": "job_released", "job_id": r.claim.job.id},
+        )
+        self.outcomes.ack(r.delivery)
+
+    def _requeue(self, deliveries: list[Delivery]) -> None:
+        if not deliveries:
+            return
+        try:
+            self.streams.requeue(deliveries)
+        except Unavailable as exc:
+            logger.error(
+                "could not requeue %d deliveries (%s); they stay pending for the reclaimer",
+                len(deliveries),
+                exc,
+                extra={"event": "requeue_failed"},
+            )
+
+
+def _describe(exc: BaseException) -> str:
+    lines = traceback.format_exception_only(type(exc), exc)
+    return "".join(lines).strip()[:4000]
