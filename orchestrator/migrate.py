@@ -10,7 +10,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
-import migrations
+from orchestrator import migrations
+from orchestrator.errors import OrchestratorError
 
 
 def alembic_config(engine: Engine) -> Config:
@@ -35,3 +36,13 @@ def current_revision(engine: Engine) -> str | None:
 
 def head_revision(engine: Engine) -> str | None:
     return ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+
+
+def check_at_head(engine: Engine) -> None:
+    """Refuse to run against a schema older (or newer) than this code's."""
+    current, head = current_revision(engine), head_revision(engine)
+    if current != head:
+        raise OrchestratorError(
+            f"the database schema is at revision {current or 'none'}, not {head}: "
+            "run `orchestrator db upgrade` first"
+        )

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     # The API.
     host: str = Field("127.0.0.1", description="Address the API binds to.")
     port: int = Field(8014, ge=1, le=65535, description="Port the API binds to.")
+    api_url: str = Field(
+        "http://127.0.0.1:8014", description="Where the CLI and the client find the API."
+    )
 
     # Jobs.
     max_payload_bytes: int = Field(1 << 20, ge=1, description="Largest job payload (JSON bytes).")

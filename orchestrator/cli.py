@@ -1,0 +1,186 @@
+"""The `orchestrator` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from orchestrator.errors import OrchestratorError
+from orchestrator.logconfig import configure_logging
+from orchestrator.settings import Settings
+
+
+def _csv(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orchestrator",
+        description="Durable GPU job orchestrator. Settings come from ORCH_* variables.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="run everything locally on embedded defaults")
+    up.add_argument("--workers", type=int, help="worker processes (ORCH_UP_WORKERS)")
+    up.add_argument("--concurrency", type=int, help="handler threads per worker")
+    up.add_argument("--port", type=int, help="API port (ORCH_PORT)")
+
+    serve = sub.add_parser("serve", help="run the API and the engine")
+    serve.add_argument("--host", help="bind address (ORCH_HOST)")
+    serve.add_argument("--port", type=int, help="API port (ORCH_PORT)")
+    serve.add_argument("--no-engine", action="store_true", help="serve the API only")
+
+    worker = sub.add_parser("worker", help="run a worker process")
+    worker.add_argument("--types", type=_csv, help="job types to serve (default: all handlers)")
+    worker.add_argument("--concurrency", type=int, help="handler threads (ORCH_WORKER_CONCURRENCY)")
+    worker.add_argument(
+        "--import",
+        dest="imports",
+        type=_csv,
+        default=[],
+        help="modules with @handler functions, comma-separated",
+    )
+
+    db = sub.add_parser("db", help="database schema")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_sub.add_parser("upgrade", help="apply migrations up to the newest")
+    db_sub.add_parser("current", help="print the schema's revision")
+
+    submit = sub.add_parser("submit", help="submit a job through the API")
+    submit.add_argument("type")
+    submit.add_argument("--payload", default="{}", help="JSON payload")
+    submit.add_argument("--priority", choices=["critical", "high", "normal", "low"])
+    submit.add_argument("--wait", action="store_true", help="wait for the job to finish")
+    submit.add_argument("--timeout", type=float, default=300.0, help="how long --wait waits")
+
+    get = sub.add_parser("get", help="show a job")
+    get.add_argument("job_id")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    try:
+        return _dispatch(args, settings)
+    except OrchestratorError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except httpx.ConnectError:
+        print(
+            f"error: cannot reach the orchestrator at {settings.api_url} "
+            "(is it running? try `orchestrator up`)",
+            file=sys.stderr,
+        )
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    command: str = args.command
+    if command == "up":
+        from orchestrator.up import up
+
+        if args.port:
+            settings = settings.model_copy(update={"port": args.port})
+        up(
+            settings,
+            workers=args.workers if args.workers is not None else settings.up_workers,
+            concurrency=args.concurrency or settings.worker_concurrency,
+        )
+        return 0
+    if command == "serve":
+        from orchestrator.up import serve
+
+        updates = {k: v for k, v in (("host", args.host), ("port", args.port)) if v}
+        serve(settings.model_copy(update=updates), run_engine=not args.no_engine)
+        return 0
+    if command == "worker":
+        from workers.main import run_worker
+
+        return run_worker(
+            settings, job_types=args.types, concurrency=args.concurrency, imports=args.imports
+        )
+    if command == "db":
+        return _db(args.db_command, settings)
+    if command == "submit":
+        return _submit(args, settings)
+    if command == "get":
+        return _show(_api(settings, "GET", f"/jobs/{args.job_id}"))
+    raise AssertionError(command)
+
+
+def _db(action: str, settings: Settings) -> int:
+    from orchestrator import migrate
+    from orchestrator.wiring import build_store
+
+    store = build_store(settings)
+    try:
+        if action == "upgrade":
+            migrate.upgrade(store.engine)
+        print(
+            f"schema revision: {migrate.current_revision(store.engine)} "
+            f"(newest: {migrate.head_revision(store.engine)})"
+        )
+    finally:
+        store.close()
+    return 0
+
+
+def _api(settings: Settings, method: str, path: str, body: Any = None) -> Any:
+    response = httpx.request(method, settings.api_url.rstrip("/") + path, json=body, timeout=30)
+    try:
+        data = response.json()
+    except ValueError:
+        data = {"message": response.text}
+    if response.status_code >= 400:
+        raise OrchestratorError(f"{response.status_code} {data.get('message', data)}")
+    return data
+
+
+def _show(data: Any) -> int:
+    print(json.dumps(data, indent=2))
+    return 0
+
+
+def _submit(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        payload = json.loads(args.payload)
+    except json.JSONDecodeError as exc:
+        raise OrchestratorError(f"--payload is not JSON: {exc}") from None
+    body: dict[str, Any] = {"type": args.type, "payload": payload}
+    if args.priority:
+        body["priority"] = args.priority
+    job_id = _api(settings, "POST", "/jobs/submit", body)["job_id"]
+    if not args.wait:
+        print(job_id)
+        return 0
+    deadline = time.monotonic() + args.timeout
+    last = None
+    while True:
+        job = _api(settings, "GET", f"/jobs/{job_id}")
+        if job["status"] in ("done", "dead_letter", "cancelled"):
+            _show(job)
+            return 0 if job["status"] == "done" else 1
+        if time.monotonic() > deadline:
+            raise OrchestratorError(
+                f"job {job_id} is still {job['status']} after {args.timeout:g}s"
+            )
+        line = f"{job_id}: {job['status']} (attempt {job['attempts']}) {job['progress'] or ''}"
+        if line != last:
+            print(line.rstrip(), file=sys.stderr)
+            last = line
+        time.sleep(0.25)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
