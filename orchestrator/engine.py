@@ -31,10 +31,14 @@ class Engine:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._outage: str | None = None
+        self._epoch: str | None = None
 
     def tick(self) -> int:
         """One pass of the scheduler; returns how many jobs it published."""
-        if self.streams.mark_epoch():
+        epoch, created = self.streams.epoch()
+        lost = created or (self._epoch is not None and epoch != self._epoch)
+        self._epoch = epoch
+        if lost:
             count = self.store.unpublish_waiting()
             if count:
                 logger.warning(
@@ -50,7 +54,7 @@ class Engine:
             if not due:
                 return published
             self.streams.publish(due)
-            self.store.mark_published([d.job_id for d in due], now)
+            self.store.mark_published(due, now)
             published += len(due)
             if len(due) < PUBLISH_BATCH:
                 return published

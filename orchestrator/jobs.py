@@ -136,6 +136,6 @@ def retry_delay_s(
     attempt: int, base_s: float, max_s: float, rng: random.Random | None = None
 ) -> float:
     """Exponential backoff with full jitter over the upper half: base*2^(n-1), capped."""
-    ceiling = min(max_s, base_s * (2 ** max(attempt - 1, 0)))
-    jitter = (rng or random).uniform(0.5, 1.0)
+    ceiling = min(max_s, base_s * 2.0 ** max(attempt - 1, 0))
+    jitter: float = (rng or random).uniform(0.5, 1.0)
     return ceiling * jitter

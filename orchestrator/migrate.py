@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from alembic import command
@@ -10,13 +11,14 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
-from orchestrator import migrations
 from orchestrator.errors import OrchestratorError
 
 
 def alembic_config(engine: Engine) -> Config:
     config = Config()
-    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    # migrations/ installs as orchestrator.migrations (see pyproject.toml).
+    scripts = importlib.import_module("orchestrator.migrations")
+    config.set_main_option("script_location", str(Path(str(scripts.__file__)).parent))
     config.attributes["engine"] = engine
     return config
 

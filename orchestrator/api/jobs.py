@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
@@ -24,7 +24,7 @@ from orchestrator.service import JobService
 
 router = APIRouter(tags=["jobs"])
 
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody},
     409: {"model": ErrorBody},
     413: {"model": ErrorBody},
@@ -78,7 +78,7 @@ def list_jobs(
     """Jobs, newest first; pass `next_cursor` back as `cursor` for the next page."""
     service = _jobs(request)
     limit = min(limit, service.settings.max_page_size)
-    page = service.list(
+    page = service.list_jobs(
         status=status.value if status else None, type=type, limit=limit, cursor=cursor
     )
     return JobPageView(jobs=[JobView.of(j) for j in page.jobs], next_cursor=page.next_cursor)

@@ -84,7 +84,7 @@ class JobView(BaseModel):
             id=job.id,
             type=job.type,
             status=job.status.value,
-            priority=job.priority.label,  # type: ignore[arg-type]
+            priority=job.priority.label,
             payload=job.payload,
             attempts=job.attempts,
             max_attempts=job.max_attempts,

@@ -52,7 +52,10 @@ class Store(Protocol):
         """Claimable jobs that are due and not yet published, most urgent first."""
         ...
 
-    def mark_published(self, job_ids: Sequence[str], now: datetime) -> None: ...
+    def mark_published(self, dispatches: Sequence[Dispatch], now: datetime) -> None:
+        """Record that these dispatches' messages went out; a job that has meanwhile moved
+        on to another attempt (or status) is left alone, so its new attempt still goes out."""
+        ...
 
     def unpublish_waiting(self) -> int:
         """Redis lost its messages: mark every waiting job for publishing again."""

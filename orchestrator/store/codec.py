@@ -17,7 +17,7 @@ def loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
-def job_from_row(row: Mapping[str, Any]) -> Job:
+def job_from_row(row: Mapping[Any, Any]) -> Job:
     return Job(
         id=row["id"],
         type=row["type"],
@@ -43,7 +43,7 @@ def job_from_row(row: Mapping[str, Any]) -> Job:
     )
 
 
-def event_from_row(row: Mapping[str, Any]) -> JobEvent:
+def event_from_row(row: Mapping[Any, Any]) -> JobEvent:
     return JobEvent(
         id=row["id"],
         job_id=row["job_id"],

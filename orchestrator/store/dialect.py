@@ -73,5 +73,5 @@ def is_duplicate_key(exc: sa.exc.IntegrityError) -> bool:
     orig = exc.orig
     if isinstance(orig, sqlite3.IntegrityError):
         return "UNIQUE" in str(orig)
-    args = getattr(orig, "args", ())
+    args: tuple[Any, ...] = getattr(orig, "args", ())
     return bool(args) and args[0] == 1062  # MySQL/MariaDB ER_DUP_ENTRY

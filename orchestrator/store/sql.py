@@ -66,7 +66,7 @@ class SqlStore:
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
             raise StoreUnavailable(f"database error: {exc.orig or exc}") from exc
 
-    def _locked_job(self, conn: Connection, job_id: str) -> Mapping[str, Any] | None:
+    def _locked_job(self, conn: Connection, job_id: str) -> Mapping[Any, Any] | None:
         row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id).with_for_update()).first()
         return None if row is None else row._mapping
 
@@ -140,12 +140,12 @@ class SqlStore:
 
     def _existing_by_key(
         self, conn: Connection, specs: Sequence[JobSpec]
-    ) -> dict[tuple[str, str], Mapping[str, Any]]:
+    ) -> dict[tuple[str, str], Mapping[Any, Any]]:
         by_owner: dict[str, list[str]] = {}
         for spec in specs:
             if spec.idempotency_key:
                 by_owner.setdefault(spec.owner, []).append(spec.idempotency_key)
-        found: dict[tuple[str, str], Mapping[str, Any]] = {}
+        found: dict[tuple[str, str], Mapping[Any, Any]] = {}
         for owner, keys in by_owner.items():
             query = sa.select(jobs).where(jobs.c.owner == owner, jobs.c.idempotency_key.in_(keys))
             for row in conn.execute(query):
@@ -177,15 +177,24 @@ class SqlStore:
                 for r in conn.execute(query)
             ]
 
-    def mark_published(self, job_ids: Sequence[str], now: datetime) -> None:
-        if not job_ids:
+    def mark_published(self, dispatches: Sequence[Dispatch], now: datetime) -> None:
+        if not dispatches:
             return
+        by_attempt: dict[int, list[str]] = {}
+        for d in dispatches:
+            by_attempt.setdefault(d.attempt, []).append(d.job_id)
         with self._tx(write=True) as conn:
-            conn.execute(
-                jobs.update()
-                .where(jobs.c.id.in_(job_ids), jobs.c.published_at.is_(None))
-                .values(published_at=now)
-            )
+            for attempt, ids in by_attempt.items():
+                conn.execute(
+                    jobs.update()
+                    .where(
+                        jobs.c.id.in_(ids),
+                        jobs.c.published_at.is_(None),
+                        jobs.c.status.in_(CLAIMABLE_STATUSES),
+                        jobs.c.attempts == attempt - 1,
+                    )
+                    .values(published_at=now)
+                )
 
     def unpublish_waiting(self) -> int:
         with self._tx(write=True) as conn:
@@ -288,6 +297,7 @@ class SqlStore:
                 )
             ).rowcount
             if claimed != 1:
+                self._unpublish_if_early(conn, dispatch, now)
                 return None
             self._event(
                 conn,
@@ -300,6 +310,22 @@ class SqlStore:
             )
             job = self._reload(conn, dispatch.job_id)
         return Claim(job=job, token=token, attempt=dispatch.attempt)
+
+    @staticmethod
+    def _unpublish_if_early(conn: Connection, dispatch: Dispatch, now: datetime) -> None:
+        """A message for the right attempt that came before the job is due (an early
+        duplicate, or this worker's clock behind the scheduler's) is dropped by the caller:
+        have the scheduler publish the job again when it is due, so it cannot strand."""
+        conn.execute(
+            jobs.update()
+            .where(
+                jobs.c.id == dispatch.job_id,
+                jobs.c.status.in_(CLAIMABLE_STATUSES),
+                jobs.c.attempts == dispatch.attempt - 1,
+                jobs.c.available_at > now,
+            )
+            .values(published_at=None)
+        )
 
     def heartbeat(self, claims: Sequence[Claim], now: datetime) -> set[str]:
         if not claims:
@@ -350,7 +376,8 @@ class SqlStore:
                 "finished_at": now,
                 "updated_at": now,
             }
-            return self._finish(conn, claim, now, status, values, "completed")
+            event = "cancelled" if status is S.CANCELLED else "completed"
+            return self._finish(conn, claim, now, status, values, event)
 
     def fail_job(self, claim: Claim, error: str, now: datetime, retry_delay_s: float) -> Outcome:
         with self._tx(write=True) as conn:
@@ -395,7 +422,7 @@ class SqlStore:
 
     def _fenced_row(
         self, conn: Connection, claim: Claim, now: datetime, action: str
-    ) -> Mapping[str, Any] | None:
+    ) -> Mapping[Any, Any] | None:
         """The job's row if `claim` still holds it; otherwise None, and the rejection is logged
         in the job's events (a reclaimed attempt must not overwrite the newer one)."""
         row = self._locked_job(conn, claim.job.id)
@@ -489,7 +516,7 @@ def _new_job_row(job_id: str, spec: JobSpec, now: datetime) -> dict[str, Any]:
     }
 
 
-def _submitted_event(row: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+def _submitted_event(row: Mapping[Any, Any], now: datetime) -> dict[str, Any]:
     detail = {"priority": Priority(row["priority"]).label}
     if row["published_at"] is None:
         detail["available_at"] = row["available_at"].isoformat()

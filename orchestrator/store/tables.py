@@ -21,8 +21,6 @@ LongText = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
 # SQLite autoincrements only an INTEGER PRIMARY KEY.
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
-MYSQL_OPTIONS = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
-
 jobs = sa.Table(
     "orchestrator_jobs",
     metadata,
@@ -57,7 +55,8 @@ jobs = sa.Table(
     sa.Index(None, "published_at", "available_at"),
     sa.Index(None, "status", "type", "id"),
     sa.Index(None, "type", "id"),
-    **MYSQL_OPTIONS,
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
 )
 
 job_events = sa.Table(
@@ -77,5 +76,6 @@ job_events = sa.Table(
     sa.Column("actor", sa.String(128), nullable=False),
     sa.Column("detail", sa.Text(), nullable=True),
     sa.Index(None, "job_id", "id"),
-    **MYSQL_OPTIONS,
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
 )

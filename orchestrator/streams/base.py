@@ -45,8 +45,9 @@ class Streams(Protocol):
         """Copy a dead job to its type's DLQ stream."""
         ...
 
-    def mark_epoch(self) -> bool:
-        """Record that this Redis is known; True when it was not (new, or it lost its data)."""
+    def epoch(self) -> tuple[str, bool]:
+        """This Redis's epoch token, set by the first publish or check after it started empty
+        (new, restarted without persistence, flushed); True when this call set it."""
         ...
 
     def ping(self) -> bool: ...

@@ -48,7 +48,7 @@ class RedisStreams:
     def _guard(self) -> Iterator[None]:
         try:
             yield
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except redis.RedisError as exc:
             raise StreamsUnavailable(f"redis error: {exc}") from exc
 
     def ping(self) -> bool:
@@ -62,18 +62,30 @@ class RedisStreams:
             return
         with self._guard():
             pipe = self.client.pipeline(transaction=False)
+            # Stamp the epoch as a publisher too: an engine that finds the stamp knows these
+            # messages reached this Redis, and so republishes nothing on a fresh start.
+            pipe.set(self.keys.redis_epoch(), new_token(), nx=True)
             for d in dispatches:
                 pipe.xadd(self.keys.stream(d.type, d.priority), _fields(d))
             pipe.execute()
 
     def dead_letter(self, dispatch: Dispatch, error: str) -> None:
-        fields = {**_fields(dispatch), "error": error[:4000], "at": str(time.time())}
+        fields: dict[Any, Any] = {
+            **_fields(dispatch),
+            "error": error[:4000],
+            "at": str(time.time()),
+        }
         with self._guard():
             self.client.xadd(self.keys.dlq(dispatch.type), fields)
 
-    def mark_epoch(self) -> bool:
+    def epoch(self) -> tuple[str, bool]:
+        token = new_token()
         with self._guard():
-            return bool(self.client.set(self.keys.redis_epoch(), new_token(), nx=True))
+            pipe = self.client.pipeline(transaction=False)
+            pipe.set(self.keys.redis_epoch(), token, nx=True)
+            pipe.get(self.keys.redis_epoch())
+            created, current = pipe.execute()
+        return str(current), bool(created)
 
     # -- consuming ------------------------------------------------------------------------
 
@@ -109,8 +121,8 @@ class RedisStreams:
                 self.ensure_groups(job_types)
                 return []
 
-    def _streams_of(self, job_type: str) -> dict[str, str]:
-        streams = {}
+    def _streams_of(self, job_type: str) -> dict[Any, Any]:
+        streams: dict[Any, Any] = {}
         for stream, band in self.keys.streams(job_type):
             self._stream_band[stream] = (job_type, band)
             streams[stream] = ">"
@@ -177,5 +189,5 @@ class RedisStreams:
             pipe.execute()
 
 
-def _fields(dispatch: Dispatch) -> dict[str, str]:
+def _fields(dispatch: Dispatch) -> dict[Any, Any]:
     return {"job_id": dispatch.job_id, "attempt": str(dispatch.attempt)}

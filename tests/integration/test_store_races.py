@@ -1,0 +1,84 @@
+"""Races between the scheduler, duplicate deliveries and skewed clocks, at the Store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+import pytest
+
+from orchestrator.jobs import Dispatch, JobSpec, JobStatus, Priority
+from orchestrator.store import SqlStore
+from tests.integration.backends import Backend, migrated
+
+T0 = datetime(2026, 3, 1, 12, 0, 0)
+
+
+@pytest.fixture
+def store(backend: Backend) -> Iterator[SqlStore]:
+    store = migrated(backend)
+    yield store
+    store.close()
+
+
+def spec(available_at: datetime = T0, max_attempts: int = 3) -> JobSpec:
+    return JobSpec(
+        type="echo",
+        payload={},
+        priority=Priority.NORMAL,
+        max_attempts=max_attempts,
+        timeout_s=60,
+        available_at=available_at,
+        idempotency_key=None,
+        request_hash="h",
+    )
+
+
+def test_mark_published__does_not_swallow_the_next_attempt(store: SqlStore) -> None:
+    (submitted,) = store.submit_jobs([spec()], T0)
+    job_id = submitted.job.id
+    store.mark_unpublished([job_id])
+    due = store.due_dispatches(T0, 10)  # the scheduler reads attempt 1 ...
+    assert [d.attempt for d in due] == [1]
+    # ... meanwhile a duplicate message runs attempt 1, which fails and schedules attempt 2 ...
+    claim = store.claim_job(Dispatch(job_id, "echo", Priority.NORMAL, 1), "w1", T0)
+    assert claim is not None
+    assert store.fail_job(claim, "boom", T0, retry_delay_s=1).status is JobStatus.FAILED
+    # ... then the scheduler records its (now stale) publish of attempt 1.
+    store.mark_published(due, T0)
+    later = T0 + timedelta(seconds=2)
+    assert [(d.job_id, d.attempt) for d in store.due_dispatches(later, 10)] == [(job_id, 2)]
+
+
+def test_claim__early_message_hands_the_job_back_to_the_scheduler(store: SqlStore) -> None:
+    due_at = T0 + timedelta(seconds=10)
+    (submitted,) = store.submit_jobs([spec(available_at=T0)], T0)
+    job_id = submitted.job.id
+    store.submit_jobs([spec(available_at=due_at)], T0)
+    # The job was published (published_at set); a worker whose clock is behind sees it early.
+    early = store.claim_job(
+        Dispatch(job_id, "echo", Priority.NORMAL, 1), "w1", T0 - timedelta(seconds=5)
+    )
+    assert early is None
+    assert [d.job_id for d in store.due_dispatches(T0, 10)] == [job_id]
+    assert store.get_job(job_id).status is JobStatus.PENDING  # type: ignore[union-attr]
+
+
+def test_claim__stale_attempt_does_not_unpublish(store: SqlStore) -> None:
+    (submitted,) = store.submit_jobs([spec()], T0)
+    job_id = submitted.job.id
+    assert store.claim_job(Dispatch(job_id, "echo", Priority.NORMAL, 2), "w1", T0) is None
+    assert store.due_dispatches(T0, 10) == []  # still published: its real message is out
+
+
+def test_complete__after_cancel_request_is_recorded_as_cancelled(store: SqlStore) -> None:
+    (submitted,) = store.submit_jobs([spec()], T0)
+    claim = store.claim_job(Dispatch(submitted.job.id, "echo", Priority.NORMAL, 1), "w1", T0)
+    assert claim is not None
+    store.cancel_job(submitted.job.id, T0, "someone")
+    outcome = store.complete_job(claim, {"r": 1}, T0)
+    assert outcome.status is JobStatus.CANCELLED
+    assert [e.event for e in store.job_events(submitted.job.id)][-2:] == [
+        "cancel_requested",
+        "cancelled",
+    ]
