@@ -52,8 +52,10 @@ class Settings(BaseSettings):
     default_max_attempts: int = Field(3, ge=1, description="Attempts when a submit names none.")
     default_timeout_s: float = Field(600.0, gt=0, description="Handler time limit by default.")
     max_timeout_s: float = Field(7 * 86400.0, gt=0, description="Largest timeout_s accepted.")
-    retry_backoff_base_s: float = Field(1.0, ge=0, description="First retry delay.")
-    retry_backoff_max_s: float = Field(300.0, ge=0, description="Longest retry delay.")
+    retry_backoff_base_s: float = Field(
+        1.0, ge=0, description="Longest first retry delay; each retry doubles it, with jitter."
+    )
+    retry_backoff_max_s: float = Field(300.0, ge=0, description="Cap on the retry delay.")
 
     # The engine.
     scheduler_interval_s: float = Field(

@@ -1,0 +1,26 @@
+"""Documentation that must not drift from the code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchestrator.configdoc import BEGIN, END, render
+from orchestrator.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_configuration_doc__matches_the_settings_class() -> None:
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    assert BEGIN in doc and END in doc
+    assert doc == render(doc), "docs/configuration.md is stale: run scripts/gen-config-docs"
+    for name in Settings.model_fields:
+        assert f"`ORCH_{name.upper()}`" in doc
+
+
+def test_configuration_doc__render_replaces_a_stale_table() -> None:
+    stale = f"intro\n{BEGIN}\n| old |\n{END}\noutro\n"
+    rendered = render(stale)
+    assert "| old |" not in rendered
+    assert "`ORCH_DATABASE_URL`" in rendered
+    assert rendered.startswith("intro\n") and rendered.endswith("outro\n")
