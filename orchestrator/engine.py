@@ -20,6 +20,8 @@ from orchestrator.streams import Streams
 logger = logging.getLogger(__name__)
 
 PUBLISH_BATCH = 1000
+# The state row holding the last Redis epoch an engine saw.
+REDIS_EPOCH = "redis_epoch"
 
 
 class Engine:
@@ -36,17 +38,8 @@ class Engine:
     def tick(self) -> int:
         """One pass of the scheduler; returns how many jobs it published."""
         epoch, created = self.streams.epoch()
-        lost = created or (self._epoch is not None and epoch != self._epoch)
-        self._epoch = epoch
-        if lost:
-            count = self.store.unpublish_waiting()
-            if count:
-                logger.warning(
-                    "redis has none of our data (new, restarted or flushed): "
-                    "publishing %d waiting jobs again",
-                    count,
-                    extra={"event": "redis_data_lost", "count": count},
-                )
+        if epoch != self._epoch:
+            self._check_epoch(epoch, created)
         published = 0
         while True:
             now = self.clock.now()
@@ -58,6 +51,25 @@ class Engine:
             published += len(due)
             if len(due) < PUBLISH_BATCH:
                 return published
+
+    def _check_epoch(self, epoch: str, created: bool) -> None:
+        """Redis's epoch differs from the one this engine last saw: compare it with the one
+        remembered in the database, which outlives engine restarts. A Redis that was new
+        (`created`) or carries another epoch than the database remembers has lost what we had
+        published, so every waiting job is marked to be published again."""
+        known = self.store.get_state(REDIS_EPOCH)
+        if epoch != known:
+            if created or known is not None:
+                count = self.store.unpublish_waiting()
+                if count:
+                    logger.warning(
+                        "redis has none of our data (new, restarted or flushed): "
+                        "publishing %d waiting jobs again",
+                        count,
+                        extra={"event": "redis_data_lost", "count": count},
+                    )
+            self.store.put_state(REDIS_EPOCH, epoch, self.clock.now())
+        self._epoch = epoch
 
     def run(self) -> None:
         """Tick until stopped, riding out database and Redis outages."""

@@ -17,7 +17,6 @@ import socket
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
@@ -31,31 +30,11 @@ from orchestrator.store.codec import dumps
 from orchestrator.streams import Delivery, Streams
 from workers.context import JobCancelled, JobContext, JobInterrupted, JobTimeout
 from workers.interrupt import clear_in_thread, raise_in_thread
+from workers.monitor import Monitor, Running
 from workers.outcomes import OutcomeRecorder
 from workers.registry import HandlerRegistry
 
 logger = logging.getLogger(__name__)
-
-MONITOR_TICK_S = 0.1
-# An interrupted handler that does not stop is interrupted again this often.
-REINTERRUPT_S = 1.0
-
-
-@dataclass
-class Running:
-    """A job a slot is running now."""
-
-    claim: Claim
-    delivery: Delivery
-    ctx: JobContext
-    thread_id: int
-    deadline: float  # monotonic
-    cancel_deadline: float | None = None
-    interrupt: type[JobInterrupted] | None = None
-    interrupted_at: float = 0.0
-    finished: bool = False
-    released: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class Worker:
@@ -143,7 +122,12 @@ class Worker:
             threading.Thread(target=self._slot, name=f"slot-{i}", daemon=True)
             for i in range(self.concurrency)
         ]
-        threads.append(threading.Thread(target=self._monitor, name="monitor", daemon=True))
+        monitor = Monitor(
+            self.store, self.clock, lambda: self.settings, self._running_now, self._note_outage
+        )
+        threads.append(
+            threading.Thread(target=monitor.run, args=(self._stopped,), name="monitor", daemon=True)
+        )
         for t in threads:
             t.start()
         try:
@@ -363,61 +347,9 @@ class Worker:
             },
         )
 
-    # -- monitor: heartbeats, cancellation, time limits --------------------------------------
-
-    def _monitor(self) -> None:
-        next_beat = 0.0
-        while not self._stopped.is_set():
-            now = time.monotonic()
-            if now >= next_beat:
-                next_beat = now + self.settings.heartbeat_interval_s
-                self._heartbeat()
-            self._enforce_limits(now)
-            self._stopped.wait(MONITOR_TICK_S)
-
-    def _heartbeat(self) -> None:
+    def _running_now(self) -> list[Running]:
         with self._cond:
-            running = list(self._running.values())
-        if not running:
-            return
-        try:
-            cancel = self.store.heartbeat([r.claim for r in running], self.clock.now())
-        except Unavailable as exc:
-            self._note_outage(exc)
-            return
-        for r in running:
-            if r.claim.token in cancel and r.cancel_deadline is None:
-                logger.info(
-                    "job %s: cancel requested",
-                    r.claim.job.id,
-                    extra={"event": "cancel_seen", "job_id": r.claim.job.id},
-                )
-                r.ctx._set_cancelled()
-                r.cancel_deadline = time.monotonic() + self.settings.cancel_grace_s
-
-    def _enforce_limits(self, now: float) -> None:
-        with self._cond:
-            running = list(self._running.values())
-        for r in running:
-            if now >= r.deadline:
-                self._interrupt(r, JobTimeout, now)
-            elif r.cancel_deadline is not None and now >= r.cancel_deadline:
-                self._interrupt(r, JobCancelled, now)
-
-    def _interrupt(self, r: Running, exc_type: type[JobInterrupted], now: float) -> None:
-        with r.lock:
-            if r.finished or now - r.interrupted_at < REINTERRUPT_S:
-                return
-            r.ctx._set_cancelled()
-            r.interrupt = exc_type
-            r.interrupted_at = now
-            raise_in_thread(r.thread_id, exc_type)
-        logger.warning(
-            "job %s: interrupting its handler (%s)",
-            r.claim.job.id,
-            exc_type.__name__,
-            extra={"event": "handler_interrupted", "job_id": r.claim.job.id},
-        )
+            return list(self._running.values())
 
     # -- shutdown -------------------------------------------------------------------------
 

@@ -64,6 +64,22 @@ def _sqlite_engine(url: sa.URL, busy_timeout_ms: int) -> Engine:
     return engine
 
 
+def upsert(engine: Engine, table: sa.Table, values: dict[str, Any], key: str) -> sa.Executable:
+    """INSERT, or UPDATE the row with the same `key`."""
+    changes = {k: v for k, v in values.items() if k != key}
+    if is_sqlite(engine):
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return (
+            sqlite_insert(table)
+            .values(values)
+            .on_conflict_do_update(index_elements=[key], set_=changes)
+        )
+    from sqlalchemy.dialects.mysql import insert as mysql_insert
+
+    return mysql_insert(table).values(values).on_duplicate_key_update(changes)
+
+
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 

@@ -79,3 +79,14 @@ job_events = sa.Table(
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
 )
+
+# Small named values the engine must remember across restarts (e.g. the Redis epoch it saw).
+state = sa.Table(
+    "orchestrator_state",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(255), nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)

@@ -112,7 +112,7 @@ class RedisStreams:
                     return deliveries
                 return self._read_blocking(consumer, job_types, count, block_ms)
             except redis.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
+                if not _missing_group(exc):
                     raise
                 # Redis lost the group (restart, FLUSHALL): make it again and read next time.
                 logger.warning(
@@ -191,3 +191,10 @@ class RedisStreams:
 
 def _fields(dispatch: Dispatch) -> dict[Any, Any]:
     return {"job_id": dispatch.job_id, "attempt": str(dispatch.attempt)}
+
+
+def _missing_group(exc: redis.ResponseError) -> bool:
+    """Redis says NOGROUP when the group or its stream is gone; fakeredis says the key must
+    exist when the stream is gone."""
+    message = str(exc)
+    return "NOGROUP" in message or "requires the key to exist" in message

@@ -19,8 +19,7 @@ from orchestrator.store import SqlStore
 from orchestrator.store.tables import job_events, jobs
 from orchestrator.streams import RedisStreams
 
-SpecFactory = Callable[..., JobSpec]
-Submitter = Callable[..., Job]
+from .store_helpers import SpecFactory, Submitter
 
 
 @pytest.fixture

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import cast
 
 import fakeredis
 
 from orchestrator.clock import FakeClock
 from orchestrator.engine import Engine
-from orchestrator.jobs import Dispatch, Job, JobSpec, Priority
+from orchestrator.jobs import Dispatch, Priority
 from orchestrator.settings import Settings
 from orchestrator.store import SqlStore
 from orchestrator.streams import RedisStreams
 
-SpecFactory = Callable[..., JobSpec]
-Submitter = Callable[..., Job]
+from .store_helpers import Submitter
 
 NORMAL_STREAM = "stream:orchestrator:inference_jobs"
 

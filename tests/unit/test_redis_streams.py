@@ -6,9 +6,7 @@ from typing import cast
 
 import fakeredis
 import pytest
-import redis
 
-from orchestrator.errors import StreamsUnavailable
 from orchestrator.jobs import Dispatch, Priority
 from orchestrator.streams import Delivery, Keys, RedisStreams
 
@@ -179,17 +177,7 @@ def test_read__destroyed_group_is_recreated_instead_of_raising(
 
 
 # fakeredis 2.40 answers XREADGROUP on a missing stream key with "ERR The XGROUP subcommand
-# requires the key to exist" where Redis answers "NOGROUP No such key ...", and
-# RedisStreams.read only recovers from NOGROUP (it raises instead). Strict, so that the fix
-# is noticed and the mark removed.
-MISSING_STREAM_BUG = pytest.mark.xfail(
-    raises=(redis.ResponseError, StreamsUnavailable),
-    strict=True,
-    reason="RedisStreams.read does not recover when the stream key itself is gone on fakeredis",
-)
-
-
-@MISSING_STREAM_BUG
+# requires the key to exist" where Redis answers "NOGROUP No such key ...": both must recover.
 def test_read__missing_group_after_flushall_is_recreated_instead_of_raising(
     streams: RedisStreams, redis_client: fakeredis.FakeRedis
 ) -> None:
@@ -204,7 +192,6 @@ def test_read__missing_group_after_flushall_is_recreated_instead_of_raising(
     assert [d.dispatch.job_id for d in read_all(streams)] == ["after-flush"]
 
 
-@MISSING_STREAM_BUG
 def test_read__before_any_group_exists_creates_groups(
     streams: RedisStreams, redis_client: fakeredis.FakeRedis
 ) -> None:

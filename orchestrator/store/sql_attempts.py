@@ -1,0 +1,235 @@
+"""The worker's side of `SqlStore`: claim an attempt, heartbeat it, record its outcome.
+
+Every write after the claim is fenced by the claim's token (DESIGN invariant 4).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from orchestrator.ids import new_token
+from orchestrator.jobs import ACTIVE_STATUSES, CLAIMABLE_STATUSES, Claim, Dispatch, JobStatus
+from orchestrator.store.base import Outcome
+from orchestrator.store.codec import dumps
+from orchestrator.store.sql_base import SqlBase
+from orchestrator.store.tables import jobs
+
+logger = logging.getLogger(__name__)
+
+S = JobStatus
+
+
+class SqlAttempts(SqlBase):
+    def claim_job(self, dispatch: Dispatch, worker_id: str, now: datetime) -> Claim | None:
+        token = new_token()
+        with self._tx(write=True) as conn:
+            claimed = conn.execute(
+                jobs.update()
+                .where(
+                    jobs.c.id == dispatch.job_id,
+                    jobs.c.status.in_(CLAIMABLE_STATUSES),
+                    jobs.c.attempts == dispatch.attempt - 1,
+                    jobs.c.available_at <= now,
+                )
+                .values(
+                    status=S.RUNNING.value,
+                    attempts=jobs.c.attempts + 1,
+                    worker_id=worker_id,
+                    claim_token=token,
+                    heartbeat_at=now,
+                    started_at=now,
+                    updated_at=now,
+                )
+            ).rowcount
+            if claimed != 1:
+                self._unpublish_if_early(conn, dispatch, now)
+                return None
+            self._event(
+                conn,
+                dispatch.job_id,
+                now,
+                "started",
+                status=S.RUNNING,
+                attempt=dispatch.attempt,
+                actor=worker_id,
+            )
+            job = self._reload(conn, dispatch.job_id)
+        return Claim(job=job, token=token, attempt=dispatch.attempt)
+
+    @staticmethod
+    def _unpublish_if_early(conn: Connection, dispatch: Dispatch, now: datetime) -> None:
+        """A message for the right attempt that came before the job is due (an early
+        duplicate, or this worker's clock behind the scheduler's) is dropped by the caller:
+        have the scheduler publish the job again when it is due, so it cannot strand."""
+        conn.execute(
+            jobs.update()
+            .where(
+                jobs.c.id == dispatch.job_id,
+                jobs.c.status.in_(CLAIMABLE_STATUSES),
+                jobs.c.attempts == dispatch.attempt - 1,
+                jobs.c.available_at > now,
+            )
+            .values(published_at=None)
+        )
+
+    def heartbeat(self, claims: Sequence[Claim], now: datetime) -> set[str]:
+        if not claims:
+            return set()
+        ids = [c.job.id for c in claims]
+        tokens = [c.token for c in claims]
+        with self._tx(write=True) as conn:
+            conn.execute(
+                jobs.update()
+                .where(
+                    jobs.c.id.in_(ids),
+                    jobs.c.claim_token.in_(tokens),
+                    jobs.c.status.in_(ACTIVE_STATUSES),
+                )
+                .values(heartbeat_at=now)
+            )
+            rows = conn.execute(
+                sa.select(jobs.c.claim_token).where(
+                    jobs.c.id.in_(ids), jobs.c.cancel_requested.is_(True)
+                )
+            )
+            return {r.claim_token for r in rows} & set(tokens)
+
+    def record_progress(self, claim: Claim, progress: Any, now: datetime) -> bool:
+        with self._tx(write=True) as conn:
+            return bool(
+                conn.execute(
+                    jobs.update()
+                    .where(
+                        jobs.c.id == claim.job.id,
+                        jobs.c.claim_token == claim.token,
+                        jobs.c.status.in_(ACTIVE_STATUSES),
+                    )
+                    .values(progress=dumps(progress), heartbeat_at=now, updated_at=now)
+                ).rowcount
+            )
+
+    def complete_job(self, claim: Claim, result: Any, now: datetime) -> Outcome:
+        with self._tx(write=True) as conn:
+            row = self._fenced_row(conn, claim, now, "complete")
+            if row is None:
+                return Outcome(None)
+            status = S.CANCELLED if row["cancel_requested"] else S.DONE
+            values = {
+                "status": status.value,
+                "result": dumps(result),
+                "error": None,
+                "finished_at": now,
+                "updated_at": now,
+            }
+            event = "cancelled" if status is S.CANCELLED else "completed"
+            return self._finish(conn, claim, now, status, values, event)
+
+    def fail_job(self, claim: Claim, error: str, now: datetime, retry_delay_s: float) -> Outcome:
+        with self._tx(write=True) as conn:
+            row = self._fenced_row(conn, claim, now, "fail")
+            if row is None:
+                return Outcome(None)
+            values: dict[str, Any] = {"error": error, "updated_at": now}
+            detail: dict[str, Any] = {"error": error[:1000]}
+            if row["cancel_requested"]:
+                status, event = S.CANCELLED, "cancelled"
+                values["finished_at"] = now
+            elif row["attempts"] < row["max_attempts"]:
+                status, event = S.FAILED, "retry_scheduled"
+                retry_at = now + timedelta(seconds=retry_delay_s)
+                values.update(available_at=retry_at, published_at=None)
+                detail["retry_at"] = retry_at.isoformat()
+            else:
+                status, event = S.DEAD_LETTER, "dead_lettered"
+                values["finished_at"] = now
+            values["status"] = status.value
+            return self._finish(conn, claim, now, status, values, event, detail)
+
+    def release_job(self, claim: Claim, now: datetime) -> Outcome:
+        with self._tx(write=True) as conn:
+            row = self._fenced_row(conn, claim, now, "release")
+            if row is None:
+                return Outcome(None)
+            if row["cancel_requested"]:
+                values = {"status": S.CANCELLED.value, "finished_at": now, "updated_at": now}
+                return self._finish(conn, claim, now, S.CANCELLED, values, "cancelled")
+            # The attempt was interrupted, not failed: it does not count.
+            values = {
+                "status": S.PENDING.value,
+                "attempts": jobs.c.attempts - 1,
+                "worker_id": None,
+                "claim_token": None,
+                "published_at": None,
+                "heartbeat_at": None,
+                "updated_at": now,
+            }
+            return self._finish(conn, claim, now, S.PENDING, values, "released")
+
+    def _fenced_row(
+        self, conn: Connection, claim: Claim, now: datetime, action: str
+    ) -> Mapping[Any, Any] | None:
+        """The job's row if `claim` still holds it; otherwise None, and the rejection is logged
+        in the job's events (a reclaimed attempt must not overwrite the newer one)."""
+        row = self._locked_job(conn, claim.job.id)
+        if row is not None and (
+            row["claim_token"] == claim.token and row["status"] in ACTIVE_STATUSES
+        ):
+            return row
+        actor = claim.job.worker_id or "worker"
+        detail = {
+            "action": action,
+            "current_status": row["status"] if row else None,
+            "current_attempt": row["attempts"] if row else None,
+        }
+        if row is not None:
+            self._event(
+                conn,
+                claim.job.id,
+                now,
+                "stale_result_rejected",
+                status=None,
+                attempt=claim.attempt,
+                actor=actor,
+                detail=detail,
+            )
+        logger.warning(
+            "rejected %s of job %s attempt %d: the claim is no longer current",
+            action,
+            claim.job.id,
+            claim.attempt,
+            extra={
+                "event": "stale_result_rejected",
+                "job_id": claim.job.id,
+                "attempt": claim.attempt,
+            },
+        )
+        return None
+
+    def _finish(
+        self,
+        conn: Connection,
+        claim: Claim,
+        now: datetime,
+        status: JobStatus,
+        values: dict[str, Any],
+        event: str,
+        detail: dict[str, Any] | None = None,
+    ) -> Outcome:
+        self._set(conn, claim.job.id, values)
+        self._event(
+            conn,
+            claim.job.id,
+            now,
+            event,
+            status=status,
+            attempt=claim.attempt,
+            actor=claim.job.worker_id or "worker",
+            detail=detail,
+        )
+        return Outcome(status, self._reload(conn, claim.job.id))

@@ -1,0 +1,114 @@
+"""The monitor of a worker's running attempts: heartbeats, cancellation, time limits."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from orchestrator.clock import Clock
+from orchestrator.errors import Unavailable
+from orchestrator.jobs import Claim
+from orchestrator.settings import Settings
+from orchestrator.store import Store
+from orchestrator.streams import Delivery
+from workers.context import JobCancelled, JobContext, JobInterrupted, JobTimeout
+from workers.interrupt import raise_in_thread
+
+logger = logging.getLogger(__name__)
+
+MONITOR_TICK_S = 0.1
+# An interrupted handler that does not stop is interrupted again this often.
+REINTERRUPT_S = 1.0
+
+
+@dataclass
+class Running:
+    """A job a slot is running now."""
+
+    claim: Claim
+    delivery: Delivery
+    ctx: JobContext
+    thread_id: int
+    deadline: float  # monotonic
+    cancel_deadline: float | None = None
+    interrupt: type[JobInterrupted] | None = None
+    interrupted_at: float = 0.0
+    finished: bool = False
+    released: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Monitor:
+    """Every `heartbeat_interval_s`: one heartbeat for all running attempts, which also
+    brings back the cancels asked for. Every tick: time limits and cancel grace periods."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        settings: Callable[[], Settings],
+        running: Callable[[], list[Running]],
+        on_outage: Callable[[Exception], None],
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self._settings = settings
+        self._running = running
+        self._on_outage = on_outage
+
+    def run(self, stopped: threading.Event) -> None:
+        next_beat = 0.0
+        while not stopped.is_set():
+            now = time.monotonic()
+            if now >= next_beat:
+                next_beat = now + self._settings().heartbeat_interval_s
+                self.heartbeat()
+            self.enforce_limits(now)
+            stopped.wait(MONITOR_TICK_S)
+
+    def heartbeat(self) -> None:
+        running = self._running()
+        if not running:
+            return
+        try:
+            cancel = self.store.heartbeat([r.claim for r in running], self.clock.now())
+        except Unavailable as exc:
+            self._on_outage(exc)
+            return
+        for r in running:
+            if r.claim.token in cancel and r.cancel_deadline is None:
+                logger.info(
+                    "job %s: cancel requested",
+                    r.claim.job.id,
+                    extra={"event": "cancel_seen", "job_id": r.claim.job.id},
+                )
+                r.ctx._set_cancelled()
+                r.cancel_deadline = time.monotonic() + self._settings().cancel_grace_s
+
+    def enforce_limits(self, now: float) -> None:
+        for r in self._running():
+            if now >= r.deadline:
+                interrupt(r, JobTimeout, now)
+            elif r.cancel_deadline is not None and now >= r.cancel_deadline:
+                interrupt(r, JobCancelled, now)
+
+
+def interrupt(r: Running, exc_type: type[JobInterrupted], now: float) -> None:
+    """Tell the handler to stop (`ctx.cancelled`) and raise `exc_type` in its thread; again
+    every REINTERRUPT_S while it runs on."""
+    with r.lock:
+        if r.finished or now - r.interrupted_at < REINTERRUPT_S:
+            return
+        r.ctx._set_cancelled()
+        r.interrupt = exc_type
+        r.interrupted_at = now
+        raise_in_thread(r.thread_id, exc_type)
+    logger.warning(
+        "job %s: interrupting its handler (%s)",
+        r.claim.job.id,
+        exc_type.__name__,
+        extra={"event": "handler_interrupted", "job_id": r.claim.job.id},
+    )
