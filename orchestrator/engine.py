@@ -37,9 +37,9 @@ class Engine:
 
     def tick(self) -> int:
         """One pass of the scheduler; returns how many jobs it published."""
-        epoch, created = self.streams.epoch()
+        epoch = self.streams.epoch()
         if epoch != self._epoch:
-            self._check_epoch(epoch, created)
+            self._check_epoch(epoch)
         published = 0
         while True:
             now = self.clock.now()
@@ -52,14 +52,16 @@ class Engine:
             if len(due) < PUBLISH_BATCH:
                 return published
 
-    def _check_epoch(self, epoch: str, created: bool) -> None:
+    def _check_epoch(self, epoch: str) -> None:
         """Redis's epoch differs from the one this engine last saw: compare it with the one
-        remembered in the database, which outlives engine restarts. A Redis that was new
-        (`created`) or carries another epoch than the database remembers has lost what we had
-        published, so every waiting job is marked to be published again."""
+        remembered in the database, which outlives engine restarts. A Redis whose epoch is not
+        the remembered one started empty since (restart without persistence, FLUSHALL) and
+        lost what we had published, so every waiting job is marked to be published again.
+        The first engine of a database adopts the epoch it finds: whatever was published
+        before went to this Redis."""
         known = self.store.get_state(REDIS_EPOCH)
         if epoch != known:
-            if created or known is not None:
+            if known is not None:
                 count = self.store.unpublish_waiting()
                 if count:
                     logger.warning(

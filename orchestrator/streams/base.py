@@ -45,9 +45,9 @@ class Streams(Protocol):
         """Copy a dead job to its type's DLQ stream."""
         ...
 
-    def epoch(self) -> tuple[str, bool]:
+    def epoch(self) -> str:
         """This Redis's epoch token, set by the first publish or check after it started empty
-        (new, restarted without persistence, flushed); True when this call set it."""
+        (new, restarted without persistence, flushed)."""
         ...
 
     def ping(self) -> bool: ...

@@ -78,14 +78,13 @@ class RedisStreams:
         with self._guard():
             self.client.xadd(self.keys.dlq(dispatch.type), fields)
 
-    def epoch(self) -> tuple[str, bool]:
-        token = new_token()
+    def epoch(self) -> str:
         with self._guard():
             pipe = self.client.pipeline(transaction=False)
-            pipe.set(self.keys.redis_epoch(), token, nx=True)
+            pipe.set(self.keys.redis_epoch(), new_token(), nx=True)
             pipe.get(self.keys.redis_epoch())
-            created, current = pipe.execute()
-        return str(current), bool(created)
+            _, current = pipe.execute()
+        return str(current)
 
     # -- consuming ------------------------------------------------------------------------
 

@@ -229,19 +229,17 @@ def test_dead_letter__long_error_is_truncated(
 
 
 def test_epoch__set_once_and_then_stable(streams: RedisStreams) -> None:
-    token, created = streams.epoch()
-    assert created is True
+    token = streams.epoch()
     assert len(token) == 32
-    assert streams.epoch() == (token, False)
+    assert streams.epoch() == token
 
 
 def test_epoch__flushed_redis_gets_a_new_epoch(
     streams: RedisStreams, redis_client: fakeredis.FakeRedis
 ) -> None:
-    before, _ = streams.epoch()
+    before = streams.epoch()
     redis_client.flushall()
-    after, created = streams.epoch()
-    assert created is True
+    after = streams.epoch()
     assert after != before
 
 
@@ -251,13 +249,13 @@ def test_epoch__publish_stamps_it_first(
     streams.publish([dispatch("job-1")])
     stamped = redis_client.get("orchestrator:redis_epoch")
     assert stamped is not None
-    assert streams.epoch() == (stamped, False)
+    assert streams.epoch() == stamped
     streams.publish([dispatch("job-2")])
     assert redis_client.get("orchestrator:redis_epoch") == stamped
 
 
 def test_epoch__key_carries_the_prefix(redis_client: fakeredis.FakeRedis) -> None:
-    token, _ = RedisStreams(redis_client, Keys("ci:")).epoch()
+    token = RedisStreams(redis_client, Keys("ci:")).epoch()
     assert redis_client.get("ci:orchestrator:redis_epoch") == token
     assert redis_client.get("orchestrator:redis_epoch") is None
 
