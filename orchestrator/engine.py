@@ -1,20 +1,26 @@
-"""The engine: background loops that keep delivery in step with the database.
+"""The engine: the background loops, run by the elected leader only.
 
-For now one loop, the scheduler: it publishes jobs that fell due (delayed submits, retries
-after backoff, jobs whose publish failed) and, when Redis turns out to have lost its data,
-has every waiting job published again (DESIGN invariant 1). Every action is a conditional
-update or a harmless duplicate message, so two engines at once do no harm.
+- The scheduler (every tick): publishes jobs that fell due (delayed submits, retries after
+  backoff, jobs whose publish failed) and, when Redis turns out to have lost its data, has
+  every waiting job published again (DESIGN invariant 1).
+- The reclaimer (every `reclaim_interval_s`): see `orchestrator.reclaimer`.
+
+Every action is a conditional update or a harmless duplicate message, so two engines that
+briefly overlap during a failover do no harm (DESIGN invariant 5).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from orchestrator.clock import Clock
 from orchestrator.errors import Unavailable
+from orchestrator.reclaimer import Reclaimer
 from orchestrator.settings import Settings
 from orchestrator.store import Store
+from orchestrator.store.election import Election
 from orchestrator.streams import Streams
 
 logger = logging.getLogger(__name__)
@@ -25,15 +31,30 @@ REDIS_EPOCH = "redis_epoch"
 
 
 class Engine:
-    def __init__(self, store: Store, streams: Streams, settings: Settings, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: Store,
+        streams: Streams,
+        settings: Settings,
+        clock: Clock,
+        election: Election,
+        reclaimer: Reclaimer,
+    ) -> None:
         self.store = store
         self.streams = streams
         self.settings = settings
         self.clock = clock
+        self.election = election
+        self.reclaimer = reclaimer
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._outage: str | None = None
         self._epoch: str | None = None
+        self._next_reclaim = 0.0
+
+    @property
+    def leading(self) -> bool:
+        return self.election.leading
 
     def tick(self) -> int:
         """One pass of the scheduler; returns how many jobs it published."""
@@ -73,11 +94,21 @@ class Engine:
             self.store.put_state(REDIS_EPOCH, epoch, self.clock.now())
         self._epoch = epoch
 
+    def step(self) -> None:
+        """One turn of the loop: keep or seek the leadership; lead if we have it."""
+        if not self.election.check(self.clock.now()):
+            self._epoch = None  # a new leadership re-checks Redis against the database
+            return
+        self.tick()
+        if time.monotonic() >= self._next_reclaim:
+            self._next_reclaim = time.monotonic() + self.settings.reclaim_interval_s
+            self.reclaimer.reclaim()
+
     def run(self) -> None:
-        """Tick until stopped, riding out database and Redis outages."""
+        """Step until stopped, riding out database and Redis outages."""
         while not self._stop.is_set():
             try:
-                self.tick()
+                self.step()
                 if self._outage:
                     logger.info(
                         "engine recovered from: %s",
@@ -90,7 +121,7 @@ class Engine:
                     logger.error("engine paused: %s", exc, extra={"event": "engine_outage"})
                 self._outage = str(exc)
             except Exception:
-                logger.exception("engine tick failed", extra={"event": "engine_error"})
+                logger.exception("engine step failed", extra={"event": "engine_error"})
             self._stop.wait(self.settings.scheduler_interval_s)
 
     def start(self) -> None:
@@ -103,3 +134,11 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        try:
+            self.election.resign(self.clock.now())
+        except Exception:
+            logger.warning(
+                "could not resign the leadership; it will expire",
+                exc_info=True,
+                extra={"event": "resign_failed"},
+            )

@@ -29,6 +29,8 @@ TERMINAL_STATUSES = frozenset({JobStatus.DONE, JobStatus.DEAD_LETTER, JobStatus.
 CLAIMABLE_STATUSES = (JobStatus.PENDING.value, JobStatus.FAILED.value)
 ACTIVE_STATUSES = (JobStatus.CLAIMED.value, JobStatus.RUNNING.value)
 
+LOST_WORKER_ERROR = "worker lost: no heartbeat within the visibility timeout"
+
 
 class Priority(IntEnum):
     """Priority bands; a lower value runs first."""

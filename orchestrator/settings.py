@@ -62,6 +62,28 @@ class Settings(BaseSettings):
         0.25, gt=0, description="How often due delayed and retried jobs are published."
     )
 
+    visibility_timeout_s: float = Field(
+        30.0, gt=0, description="A running job with no heartbeat for this long lost its worker."
+    )
+    reclaim_interval_s: float = Field(
+        5.0, gt=0, description="How often the leader reclaims stale work and lost messages."
+    )
+    relay_grace_s: float = Field(
+        10.0, ge=0, description="Age after which a waiting job's message must be in Redis."
+    )
+    relay_batch: int = Field(
+        10000, ge=1, description="Most waiting jobs the relay checks in one pass."
+    )
+    consumer_idle_s: float = Field(
+        3600.0, gt=0, description="Idle stream consumers with nothing pending are removed."
+    )
+    leader_lease_s: float = Field(
+        3.0, gt=0, description="SQLite: how long a leader's lease lasts unless renewed."
+    )
+    instance_id: str = Field(
+        "", description="This replica's name in leader election. Empty: host-pid-random."
+    )
+
     # Workers.
     worker_concurrency: int = Field(4, ge=1, description="Handler threads per worker process.")
     heartbeat_interval_s: float = Field(

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass
 
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.engine import Engine
+from orchestrator.ids import new_token
+from orchestrator.reclaimer import Reclaimer
 from orchestrator.service import JobService
 from orchestrator.settings import Settings
 from orchestrator.store import SqlStore, Store
+from orchestrator.store.election import Election, create_election
 from orchestrator.streams import RedisStreams, Streams
 
 
@@ -19,6 +24,7 @@ class Services:
     streams: Streams
     clock: Clock
     jobs: JobService
+    reclaimer: Reclaimer
     engine: Engine
 
     def close(self) -> None:
@@ -43,15 +49,26 @@ def build_services(
     store: Store | None = None,
     streams: Streams | None = None,
     clock: Clock | None = None,
+    election: Election | None = None,
 ) -> Services:
     store = store or build_store(settings)
     streams = streams or build_streams(settings)
     clock = clock or SystemClock()
+    if election is None:
+        if not isinstance(store, SqlStore):
+            raise TypeError("pass an election to go with a store that is not a SqlStore")
+        election = create_election(store.engine, instance_id(settings), settings.leader_lease_s)
+    reclaimer = Reclaimer(store, streams, settings, clock)
     return Services(
         settings=settings,
         store=store,
         streams=streams,
         clock=clock,
         jobs=JobService(store, streams, settings, clock),
-        engine=Engine(store, streams, settings, clock),
+        reclaimer=reclaimer,
+        engine=Engine(store, streams, settings, clock, election, reclaimer),
     )
+
+
+def instance_id(settings: Settings) -> str:
+    return settings.instance_id or f"{socket.gethostname()}-{os.getpid()}-{new_token()[:6]}"

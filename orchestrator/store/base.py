@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from orchestrator.jobs import Claim, Dispatch, Job, JobEvent, JobSpec, JobStatus
+from orchestrator.jobs import Claim, Dispatch, Job, JobEvent, JobSpec, JobStatus, Priority
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,23 @@ class Outcome:
     @property
     def fenced(self) -> bool:
         return self.status is None
+
+
+@dataclass(frozen=True)
+class Reclaimed:
+    """An attempt that lost its worker, and what became of its job."""
+
+    job_id: str
+    type: str
+    priority: Priority
+    attempt: int
+    status: JobStatus
+    worker_id: str | None
+    heartbeat_at: datetime | None
+
+    @property
+    def dispatch(self) -> Dispatch:
+        return Dispatch(self.job_id, self.type, self.priority, self.attempt)
 
 
 @dataclass(frozen=True)
@@ -57,6 +74,10 @@ class Store(Protocol):
         on to another attempt (or status) is left alone, so its new attempt still goes out."""
         ...
 
+    def waiting_published_before(self, cutoff: datetime, limit: int) -> list[Dispatch]:
+        """Waiting jobs published before `cutoff`, oldest first (for the relay's check)."""
+        ...
+
     def unpublish_waiting(self) -> int:
         """Redis lost its messages: mark every waiting job for publishing again."""
         ...
@@ -78,6 +99,19 @@ class Store(Protocol):
     def cancel_job(self, job_id: str, now: datetime, actor: str) -> Job:
         """Cancel a waiting job, or ask a running one to stop. Raises `JobNotFound` or
         `JobFinished`."""
+        ...
+
+    def replay_dead_letter(self, job_id: str, now: datetime, actor: str) -> Job:
+        """A dead-lettered job becomes pending with a fresh attempt budget. Raises
+        `JobNotFound`, or `Conflict` when the job is not dead-lettered."""
+        ...
+
+    def job_attempts(self, job_ids: Sequence[str]) -> dict[str, tuple[JobStatus, int]]:
+        """Status and attempts started of each job that exists."""
+        ...
+
+    def reclaim_stale(self, now: datetime, stale_before: datetime, limit: int) -> list[Reclaimed]:
+        """Requeue or dead-letter attempts whose heartbeat is older than `stale_before`."""
         ...
 
     def claim_job(self, dispatch: Dispatch, worker_id: str, now: datetime) -> Claim | None:

@@ -14,11 +14,19 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from orchestrator.ids import new_token
-from orchestrator.jobs import ACTIVE_STATUSES, CLAIMABLE_STATUSES, Claim, Dispatch, JobStatus
-from orchestrator.store.base import Outcome
+from orchestrator.jobs import (
+    ACTIVE_STATUSES,
+    CLAIMABLE_STATUSES,
+    LOST_WORKER_ERROR,
+    Claim,
+    Dispatch,
+    JobStatus,
+    Priority,
+)
+from orchestrator.store.base import Outcome, Reclaimed
 from orchestrator.store.codec import dumps
 from orchestrator.store.sql_base import SqlBase
-from orchestrator.store.tables import jobs
+from orchestrator.store.tables import job_events, jobs
 
 logger = logging.getLogger(__name__)
 
@@ -233,3 +241,80 @@ class SqlAttempts(SqlBase):
             detail=detail,
         )
         return Outcome(status, self._reload(conn, claim.job.id))
+
+    def reclaim_stale(self, now: datetime, stale_before: datetime, limit: int) -> list[Reclaimed]:
+        """Attempts whose heartbeat is older than `stale_before` lost their worker: requeue
+        each job (a fresh message follows from the scheduler) while attempts remain, else
+        dead-letter it; a job asked to cancel ends cancelled. The old claim token is cleared,
+        so a late result of the lost attempt is fenced off."""
+        with self._tx(write=True) as conn:
+            rows = conn.execute(
+                sa.select(
+                    jobs.c.id,
+                    jobs.c.type,
+                    jobs.c.priority,
+                    jobs.c.attempts,
+                    jobs.c.max_attempts,
+                    jobs.c.cancel_requested,
+                    jobs.c.worker_id,
+                    jobs.c.heartbeat_at,
+                )
+                .where(jobs.c.status.in_(ACTIVE_STATUSES), jobs.c.heartbeat_at < stale_before)
+                .order_by(jobs.c.heartbeat_at)
+                .limit(limit)
+                .with_for_update()
+            ).all()
+            if not rows:
+                return []
+            reclaimed = [
+                Reclaimed(
+                    r.id,
+                    r.type,
+                    Priority(r.priority),
+                    r.attempts,
+                    _reclaim_status(r),
+                    r.worker_id,
+                    r.heartbeat_at,
+                )
+                for r in rows
+            ]
+            common = {"claim_token": None, "updated_at": now, "error": LOST_WORKER_ERROR}
+            for status in (S.PENDING, S.DEAD_LETTER, S.CANCELLED):
+                ids = [r.job_id for r in reclaimed if r.status is status]
+                if not ids:
+                    continue
+                values: dict[str, Any] = {**common, "status": status.value}
+                if status is S.PENDING:
+                    values.update(
+                        available_at=now, published_at=None, worker_id=None, heartbeat_at=None
+                    )
+                else:
+                    values["finished_at"] = now
+                conn.execute(jobs.update().where(jobs.c.id.in_(ids)).values(**values))
+            conn.execute(job_events.insert(), [_reclaimed_event(r, now) for r in reclaimed])
+        return reclaimed
+
+
+def _reclaim_status(row: Any) -> JobStatus:
+    if row.cancel_requested:
+        return S.CANCELLED
+    return S.PENDING if row.attempts < row.max_attempts else S.DEAD_LETTER
+
+
+def _reclaimed_event(r: Reclaimed, now: datetime) -> dict[str, Any]:
+    event = {S.PENDING: "reclaimed", S.DEAD_LETTER: "dead_lettered"}.get(r.status, "cancelled")
+    return {
+        "job_id": r.job_id,
+        "at": now,
+        "event": event,
+        "status": r.status.value,
+        "attempt": r.attempt,
+        "actor": "reclaimer",
+        "detail": dumps(
+            {
+                "error": LOST_WORKER_ERROR,
+                "worker": r.worker_id,
+                "last_heartbeat_at": r.heartbeat_at.isoformat() if r.heartbeat_at else None,
+            }
+        ),
+    }

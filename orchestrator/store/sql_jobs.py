@@ -9,7 +9,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from orchestrator.errors import IdempotencyConflict, InvalidRequest, JobFinished, JobNotFound
+from orchestrator.errors import (
+    Conflict,
+    IdempotencyConflict,
+    InvalidRequest,
+    JobFinished,
+    JobNotFound,
+)
 from orchestrator.ids import new_job_id
 from orchestrator.jobs import (
     CLAIMABLE_STATUSES,
@@ -121,12 +127,26 @@ class SqlJobs(SqlBase):
                     jobs.update()
                     .where(
                         jobs.c.id.in_(ids),
-                        jobs.c.published_at.is_(None),
                         jobs.c.status.in_(CLAIMABLE_STATUSES),
                         jobs.c.attempts == attempt - 1,
                     )
                     .values(published_at=now)
                 )
+
+    def waiting_published_before(self, cutoff: datetime, limit: int) -> list[Dispatch]:
+        """Waiting jobs whose message went out before `cutoff`, oldest first: the relay checks
+        that their messages still exist."""
+        query = (
+            sa.select(jobs.c.id, jobs.c.type, jobs.c.priority, jobs.c.attempts)
+            .where(jobs.c.status.in_(CLAIMABLE_STATUSES), jobs.c.published_at < cutoff)
+            .order_by(jobs.c.published_at)
+            .limit(limit)
+        )
+        with self._tx(write=False) as conn:
+            return [
+                Dispatch(r.id, r.type, Priority(r.priority), r.attempts + 1)
+                for r in conn.execute(query)
+            ]
 
     def unpublish_waiting(self) -> int:
         with self._tx(write=True) as conn:
@@ -147,6 +167,52 @@ class SqlJobs(SqlBase):
         row = {"name": name, "value": value, "updated_at": now}
         with self._tx(write=True) as conn:
             conn.execute(dialect.upsert(self.engine, state, row, key="name"))
+
+    def replay_dead_letter(self, job_id: str, now: datetime, actor: str) -> Job:
+        with self._tx(write=True) as conn:
+            row = self._locked_job(conn, job_id)
+            if row is None:
+                raise JobNotFound(f"no job {job_id}", job_id=job_id)
+            if row["status"] != S.DEAD_LETTER.value:
+                raise Conflict(
+                    f"job {job_id} is {row['status']}, not dead_letter", status=row["status"]
+                )
+            # A fresh attempt budget; the last error stays visible until the next outcome.
+            self._set(
+                conn,
+                job_id,
+                {
+                    "status": S.PENDING.value,
+                    "attempts": 0,
+                    "available_at": now,
+                    "published_at": None,
+                    "finished_at": None,
+                    "claim_token": None,
+                    "worker_id": None,
+                    "heartbeat_at": None,
+                    "cancel_requested": False,
+                    "updated_at": now,
+                },
+            )
+            self._event(
+                conn,
+                job_id,
+                now,
+                "replayed",
+                status=S.PENDING,
+                attempt=0,
+                actor=actor,
+                detail={"previous_attempts": row["attempts"]},
+            )
+            return self._reload(conn, job_id)
+
+    def job_attempts(self, job_ids: Sequence[str]) -> dict[str, tuple[JobStatus, int]]:
+        """Status and attempts started, by job id (missing ids are absent)."""
+        if not job_ids:
+            return {}
+        query = sa.select(jobs.c.id, jobs.c.status, jobs.c.attempts).where(jobs.c.id.in_(job_ids))
+        with self._tx(write=False) as conn:
+            return {r.id: (S(r.status), r.attempts) for r in conn.execute(query)}
 
     # -- reading ------------------------------------------------------------------------
 

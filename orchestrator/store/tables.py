@@ -55,6 +55,10 @@ jobs = sa.Table(
     sa.Index(None, "published_at", "available_at"),
     sa.Index(None, "status", "type", "id"),
     sa.Index(None, "type", "id"),
+    # The reclaimer: running jobs whose heartbeat is older than the visibility timeout.
+    sa.Index(None, "status", "heartbeat_at"),
+    # The relay: waiting jobs published a while ago, to check their message still exists.
+    sa.Index(None, "status", "published_at"),
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
 )
@@ -87,6 +91,21 @@ state = sa.Table(
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("value", sa.String(255), nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+
+# The leadership: who leads, since when, and its epoch (a fencing number that grows with
+# every new leadership). On SQLite `expires_at` is the lease itself; on MariaDB the lease is
+# GET_LOCK held on a dedicated connection, and `expires_at` only says when it was renewed.
+leader = sa.Table(
+    "orchestrator_leader",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("leader_id", sa.String(128), nullable=True),
+    sa.Column("epoch", sa.BigInteger(), nullable=False),
+    sa.Column("since", Timestamp, nullable=True),
+    sa.Column("expires_at", Timestamp, nullable=True),
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
 )

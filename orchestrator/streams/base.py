@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from orchestrator.jobs import Dispatch
+from orchestrator.jobs import Dispatch, Priority
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,30 @@ class Streams(Protocol):
 
     def dead_letter(self, dispatch: Dispatch, error: str) -> None:
         """Copy a dead job to its type's DLQ stream."""
+        ...
+
+    def job_streams(self) -> list[tuple[str, str, Priority]]:
+        """Every job stream there is: (key, job type, band)."""
+        ...
+
+    def autoclaim(
+        self, stream: str, job_type: str, consumer: str, min_idle_ms: int
+    ) -> tuple[list[Delivery], int]:
+        """Take over every pending message idle for `min_idle_ms`, to the end of the pending
+        list; also acks entries deleted while pending. Returns the deliveries and how many
+        deleted entries were acked."""
+        ...
+
+    def stream_of(self, dispatch: Dispatch) -> str:
+        """The stream a dispatch is published on."""
+        ...
+
+    def dispatches_in(self, stream: str) -> set[tuple[str, int]]:
+        """(job id, attempt) of every message a stream holds (undelivered or pending)."""
+        ...
+
+    def prune_consumers(self, job_type: str, idle_ms: int) -> int:
+        """Remove consumers with nothing pending that have been idle for `idle_ms`."""
         ...
 
     def epoch(self) -> str:

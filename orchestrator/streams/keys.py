@@ -27,6 +27,18 @@ class Keys:
         """The streams of one job type, most urgent band first."""
         return [(self.stream(job_type, p), p) for p in Priority]
 
+    def parse_stream(self, key: str) -> tuple[str, Priority] | None:
+        """(job type, band) of a job stream's key; None for any other key (a DLQ, say)."""
+        root = f"{self.prefix}{STREAM_ROOT}"
+        if not key.startswith(root):
+            return None
+        job_type, _, band = key[len(root) :].partition(":")
+        if not band:
+            return job_type, Priority.NORMAL
+        if band in ("critical", "high", "low"):
+            return job_type, Priority.from_label(band)
+        return None
+
     def dlq(self, job_type: str) -> str:
         return f"{self.prefix}{STREAM_ROOT}{job_type}{DLQ_SUFFIX}"
 

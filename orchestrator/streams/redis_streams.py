@@ -14,20 +14,21 @@ from orchestrator.errors import StreamsUnavailable
 from orchestrator.ids import new_token
 from orchestrator.jobs import Dispatch, Priority
 from orchestrator.streams.base import Delivery
-from orchestrator.streams.keys import Keys
+from orchestrator.streams.keys import STREAM_ROOT, Keys
 
 logger = logging.getLogger(__name__)
 
 # A blocking read on several job types can wait on one group only; it waits this long on
 # each in turn, so that no type waits long behind another.
 MULTI_TYPE_BLOCK_MS = 100
+AUTOCLAIM_BATCH = 500
+RANGE_BATCH = 1000
 
 
 class RedisStreams:
     def __init__(self, client: redis.Redis, keys: Keys | None = None) -> None:
         self.client = client
         self.keys = keys or Keys()
-        self._stream_band: dict[str, tuple[str, Priority]] = {}
         self._rotation = 0
 
     @classmethod
@@ -122,8 +123,7 @@ class RedisStreams:
 
     def _streams_of(self, job_type: str) -> dict[Any, Any]:
         streams: dict[Any, Any] = {}
-        for stream, band in self.keys.streams(job_type):
-            self._stream_band[stream] = (job_type, band)
+        for stream, _ in self.keys.streams(job_type):
             streams[stream] = ">"
         return streams
 
@@ -156,7 +156,9 @@ class RedisStreams:
         deliveries = []
         for reply in replies:
             for stream, entries in reply or []:
-                job_type, band = self._stream_band[stream]
+                parsed = self.keys.parse_stream(stream)
+                assert parsed is not None, stream
+                job_type, band = parsed
                 for entry_id, fields in entries:
                     if not fields:  # an entry deleted while pending; the reclaimer handles it
                         continue
@@ -164,6 +166,84 @@ class RedisStreams:
                     deliveries.append(Delivery(stream, entry_id, dispatch))
         deliveries.sort(key=lambda d: d.dispatch.priority)
         return deliveries
+
+    # -- recovery -------------------------------------------------------------------------
+
+    def job_streams(self) -> list[tuple[str, str, Priority]]:
+        found = []
+        root = f"{self.keys.prefix}{STREAM_ROOT}"
+        with self._guard():
+            for key in self.client.scan_iter(match=f"{root}*", count=1000, _type="stream"):
+                parsed = self.keys.parse_stream(key)
+                if parsed is not None:
+                    found.append((key, *parsed))
+        return sorted(found)
+
+    def autoclaim(
+        self, stream: str, job_type: str, consumer: str, min_idle_ms: int
+    ) -> tuple[list[Delivery], int]:
+        group = self.keys.group(job_type)
+        claimed: list[Delivery] = []
+        deleted = 0
+        cursor = "0-0"
+        with self._guard():
+            while True:
+                reply = self.client.xautoclaim(
+                    stream, group, consumer, min_idle_ms, start_id=cursor, count=AUTOCLAIM_BATCH
+                )
+                cursor, entries = reply[0], reply[1]
+                claimed += self._deliveries([[[stream, [e for e in entries if e[1]]]]])
+                gone = list(reply[2]) if len(reply) > 2 else []
+                if any(not fields for _, fields in entries):
+                    # Redis 6.2 names no deleted entries: find them among our pending ones.
+                    gone += self._deleted_pending(stream, group, consumer)
+                if gone:
+                    self.client.xack(stream, group, *gone)
+                    deleted += len(gone)
+                if cursor in ("0-0", b"0-0"):
+                    return claimed, deleted
+
+    def _deleted_pending(self, stream: str, group: str, consumer: str) -> list[str]:
+        pending: Any = self.client.xpending_range(
+            stream, group, min="-", max="+", count=AUTOCLAIM_BATCH, consumername=consumer
+        )
+        return [
+            p["message_id"]
+            for p in pending
+            if not self.client.xrange(stream, p["message_id"], p["message_id"])
+        ]
+
+    def stream_of(self, dispatch: Dispatch) -> str:
+        return self.keys.stream(dispatch.type, dispatch.priority)
+
+    def dispatches_in(self, stream: str) -> set[tuple[str, int]]:
+        found: set[tuple[str, int]] = set()
+        start = "-"
+        with self._guard():
+            while True:
+                entries: Any = self.client.xrange(stream, min=start, max="+", count=RANGE_BATCH)
+                for _, fields in entries:
+                    if fields:
+                        found.add((fields["job_id"], int(fields["attempt"])))
+                if len(entries) < RANGE_BATCH:
+                    return found
+                start = f"({entries[-1][0]}"  # exclusive: after the last one seen
+
+    def prune_consumers(self, job_type: str, idle_ms: int) -> int:
+        pruned = 0
+        group = self.keys.group(job_type)
+        with self._guard():
+            for stream, _ in self.keys.streams(job_type):
+                try:
+                    consumers = self.client.xinfo_consumers(stream, group)
+                except redis.ResponseError:
+                    continue  # no such stream or group
+                for c in consumers:
+                    # Only a consumer with nothing pending: its messages were claimed first.
+                    if c["pending"] == 0 and c["idle"] >= idle_ms:
+                        self.client.xgroup_delconsumer(stream, group, c["name"])
+                        pruned += 1
+        return pruned
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         if not deliveries:

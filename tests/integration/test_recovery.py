@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from orchestrator.engine import Engine
+from orchestrator.testing import FakeElection
 from tests.integration.harness import System, wait_until
 
 
@@ -17,7 +18,7 @@ def _wipe_redis(system: System) -> None:
 
 def _fresh_engine(system: System) -> Engine:
     s = system.services
-    return Engine(s.store, s.streams, s.settings, s.clock)
+    return Engine(s.store, s.streams, s.settings, s.clock, FakeElection(), s.reclaimer)
 
 
 def test_redis_lost_data__restarted_engine_republishes_and_all_finish(system: System) -> None:

@@ -9,13 +9,24 @@ import fakeredis
 from orchestrator.clock import FakeClock
 from orchestrator.engine import Engine
 from orchestrator.jobs import Dispatch, Priority
+from orchestrator.reclaimer import Reclaimer
 from orchestrator.settings import Settings
 from orchestrator.store import SqlStore
 from orchestrator.streams import RedisStreams
+from orchestrator.testing import FakeElection
 
 from .store_helpers import Submitter
 
 NORMAL_STREAM = "stream:orchestrator:inference_jobs"
+
+
+def make_engine(
+    store: SqlStore, streams: RedisStreams, settings: Settings, clock: FakeClock
+) -> Engine:
+    """An engine that leads (FakeElection), with its reclaimer."""
+    return Engine(
+        store, streams, settings, clock, FakeElection(), Reclaimer(store, streams, settings, clock)
+    )
 
 
 def entries(client: fakeredis.FakeRedis, stream: str) -> list[dict[str, str]]:
@@ -35,7 +46,7 @@ def test_tick__delayed_job_is_published_once_when_due(
     clock: FakeClock,
     submit: Submitter,
 ) -> None:
-    engine = Engine(store, streams, settings, clock)
+    engine = make_engine(store, streams, settings, clock)
     job = submit(delay_s=60)
 
     assert engine.tick() == 0
@@ -61,7 +72,7 @@ def test_tick__publishes_on_the_band_of_the_job(
     clock: FakeClock,
     submit: Submitter,
 ) -> None:
-    engine = Engine(store, streams, settings, clock)
+    engine = make_engine(store, streams, settings, clock)
     engine.tick()
     critical = submit(priority=Priority.CRITICAL, delay_s=1)
     low = submit(priority=Priority.LOW, delay_s=1)
@@ -79,7 +90,7 @@ def test_tick__retry_is_published_as_next_attempt_after_backoff(
     clock: FakeClock,
     submit: Submitter,
 ) -> None:
-    engine = Engine(store, streams, settings, clock)
+    engine = make_engine(store, streams, settings, clock)
     engine.tick()
     job = submit()
     claim = store.claim_job(Dispatch(job.id, job.type, job.priority, 1), "w", clock.now())
@@ -102,7 +113,7 @@ def test_tick__new_engine_on_a_redis_that_has_our_data_republishes_nothing(
 ) -> None:
     job = submit()
     streams.publish([Dispatch(job.id, job.type, job.priority, 1)])  # stamps the epoch
-    assert Engine(store, streams, settings, clock).tick() == 0
+    assert make_engine(store, streams, settings, clock).tick() == 0
     assert stream_job_ids(redis_client) == [job.id]
 
 
@@ -114,7 +125,7 @@ def test_tick__restarted_redis_stamped_by_a_submitter_first_still_gets_waiting_j
     clock: FakeClock,
     submit: Submitter,
 ) -> None:
-    engine = Engine(store, streams, settings, clock)
+    engine = make_engine(store, streams, settings, clock)
     engine.tick()
     before = submit()
     streams.publish([Dispatch(before.id, before.type, before.priority, 1)])
@@ -136,7 +147,7 @@ def test_tick__already_published_jobs_are_not_published_again_on_the_same_redis(
     clock: FakeClock,
     submit: Submitter,
 ) -> None:
-    engine = Engine(store, streams, settings, clock)
+    engine = make_engine(store, streams, settings, clock)
     assert engine.tick() == 0  # a new Redis: the epoch is set
     submit()
     assert engine.tick() == 0
@@ -152,7 +163,7 @@ def test_tick__missing_epoch_republishes_every_waiting_job_into_the_new_redis(
     submit: Submitter,
     another_redis: fakeredis.FakeRedis,
 ) -> None:
-    old_engine = Engine(store, streams, settings, clock)
+    old_engine = make_engine(store, streams, settings, clock)
     old_engine.tick()
     waiting = [submit(), submit(priority=Priority.HIGH)]
     running = submit()
@@ -166,7 +177,7 @@ def test_tick__missing_epoch_republishes_every_waiting_job_into_the_new_redis(
             store.complete_job(claim, "ok", clock.now())
     assert old_engine.tick() == 0
 
-    new_engine = Engine(store, RedisStreams(another_redis), settings, clock)
+    new_engine = make_engine(store, RedisStreams(another_redis), settings, clock)
     assert new_engine.tick() == 2
     assert stream_job_ids(another_redis) == [waiting[0].id]
     assert stream_job_ids(another_redis, f"{NORMAL_STREAM}:high") == [waiting[1].id]
@@ -183,7 +194,7 @@ def test_tick__flushed_redis_gets_waiting_jobs_again(
     clock: FakeClock,
     submit: Submitter,
 ) -> None:
-    engine = Engine(store, streams, settings, clock)
+    engine = make_engine(store, streams, settings, clock)
     engine.tick()
     job = submit()
     streams.publish([Dispatch(job.id, job.type, job.priority, 1)])
