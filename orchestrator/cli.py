@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.logconfig import configure_logging
@@ -58,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--payload", default="{}", help="JSON payload")
     submit.add_argument("--priority", choices=["critical", "high", "normal", "low"])
     submit.add_argument("--wait", action="store_true", help="wait for the job to finish")
-    submit.add_argument("--timeout", type=float, default=300.0, help="how long --wait waits")
+    submit.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds --wait waits (default 300)"
+    )
 
     get = sub.add_parser("get", help="show a job")
     get.add_argument("job_id")
@@ -67,7 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"ORCH_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        print(f"error: invalid setting: {problems}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, settings.log_json)
     try:
         return _dispatch(args, settings)
@@ -76,10 +86,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except httpx.ConnectError:
         print(
-            f"error: cannot reach the orchestrator at {settings.api_url} "
-            "(is it running? try `orchestrator up`)",
+            f"error: cannot reach the orchestrator at {settings.resolved_api_url()} "
+            "(is it running? try `orchestrator up`, or set ORCH_API_URL)",
             file=sys.stderr,
         )
+        return 1
+    except httpx.HTTPError as exc:
+        print(f"error: {settings.resolved_api_url()}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -137,14 +150,20 @@ def _db(action: str, settings: Settings) -> int:
 
 
 def _api(settings: Settings, method: str, path: str, body: Any = None) -> Any:
-    response = httpx.request(method, settings.api_url.rstrip("/") + path, json=body, timeout=30)
+    url = settings.resolved_api_url().rstrip("/") + path
+    response = httpx.request(method, url, json=body, timeout=30)
     try:
         data = response.json()
     except ValueError:
-        data = {"message": response.text}
+        text = " ".join(response.text.split())
+        data = {"message": f"not an orchestrator answer: {text[:200]}"}
     if response.status_code >= 400:
         raise OrchestratorError(f"{response.status_code} {data.get('message', data)}")
     return data
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _show(data: Any) -> int:
@@ -154,8 +173,8 @@ def _show(data: Any) -> int:
 
 def _submit(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        payload = json.loads(args.payload)
-    except json.JSONDecodeError as exc:
+        payload = json.loads(args.payload, parse_constant=_reject_constant)
+    except ValueError as exc:
         raise OrchestratorError(f"--payload is not JSON: {exc}") from None
     body: dict[str, Any] = {"type": args.type, "payload": payload}
     if args.priority:
@@ -175,7 +194,8 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
             raise OrchestratorError(
                 f"job {job_id} is still {job['status']} after {args.timeout:g}s"
             )
-        line = f"{job_id}: {job['status']} (attempt {job['attempts']}) {job['progress'] or ''}"
+        progress = json.dumps(job["progress"]) if job["progress"] is not None else ""
+        line = f"{job_id}: {job['status']} (attempt {job['attempts']}) {progress}"
         if line != last:
             print(line.rstrip(), file=sys.stderr)
             last = line

@@ -67,8 +67,14 @@ class Engine:
             due = self.store.due_dispatches(now, PUBLISH_BATCH)
             if not due:
                 return published
-            self.streams.publish(due)
+            # Marked first: a message that a worker acks as early (its clock behind ours)
+            # unmarks the job again, and that must not be undone by a later mark.
             self.store.mark_published(due, now)
+            try:
+                self.streams.publish(due)
+            except Unavailable:
+                self.store.mark_unpublished([d.job_id for d in due])
+                raise
             published += len(due)
             if len(due) < PUBLISH_BATCH:
                 return published

@@ -42,6 +42,13 @@ def head_revision(engine: Engine) -> str | None:
 
 def check_at_head(engine: Engine) -> None:
     """Refuse to run against a schema older (or newer) than this code's."""
+    url = engine.url
+    is_file = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+    if is_file and not Path(str(url.database)).exists():
+        raise OrchestratorError(
+            f"no database at {url.database}: run `orchestrator db upgrade` (or "
+            "`orchestrator up`) first, or point ORCH_DATA_DIR / ORCH_DATABASE_URL at it"
+        )
     current, head = current_revision(engine), head_revision(engine)
     if current != head:
         raise OrchestratorError(

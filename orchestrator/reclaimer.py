@@ -102,8 +102,12 @@ class Reclaimer:
 
     def _publish(self, dispatches: list[Dispatch]) -> None:
         if dispatches:
-            self.streams.publish(dispatches)
             self.store.mark_published(dispatches, self.clock.now())
+            try:
+                self.streams.publish(dispatches)
+            except Unavailable:
+                self.store.mark_unpublished([d.job_id for d in dispatches])
+                raise
 
     def _stale_messages(self, report: ReclaimReport) -> None:
         idle_ms = int(self.settings.visibility_timeout_s * 1000)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from orchestrator.api.schemas import SubmitRequest
 from orchestrator.clock import Clock
@@ -75,7 +75,10 @@ class JobService:
                 )
 
     def _spec(self, request: SubmitRequest, owner: str, now: datetime) -> JobSpec:
-        size = len(dumps(request.payload).encode())
+        try:
+            size = len(dumps(request.payload).encode())
+        except (ValueError, RecursionError) as exc:  # NaN, Infinity, lone surrogates, depth
+            raise InvalidRequest(f"payload is not storable JSON: {exc}") from None
         if size > self.settings.max_payload_bytes:
             raise PayloadTooLarge(
                 f"payload is {size} bytes; the limit is {self.settings.max_payload_bytes}",
@@ -84,22 +87,29 @@ class JobService:
         timeout_s = request.timeout_s or self.settings.default_timeout_s
         if timeout_s > self.settings.max_timeout_s:
             raise InvalidRequest(f"timeout_s is over the limit of {self.settings.max_timeout_s}")
-        if request.run_at is not None:
-            run_at = request.run_at
-            if run_at.tzinfo is not None:
-                run_at = run_at.astimezone(UTC).replace(tzinfo=None)
-            available_at = max(run_at, now)
-        else:
-            available_at = now + timedelta(seconds=request.delay_s or 0)
+        available_at = (
+            max(request.run_at, now)
+            if request.run_at is not None
+            else now + timedelta(seconds=request.delay_s or 0)
+        )
+        max_attempts = request.max_attempts or self.settings.default_max_attempts
+        priority = Priority.from_label(request.priority)
+        # The request as it will be run, defaults filled in: what idempotency compares.
+        canonical = {
+            **request.model_dump(mode="json", exclude_none=True),
+            "priority": priority.label,
+            "max_attempts": max_attempts,
+            "timeout_s": timeout_s,
+        }
         return JobSpec(
             type=request.type,
             payload=request.payload,
-            priority=Priority.from_label(request.priority),
-            max_attempts=request.max_attempts or self.settings.default_max_attempts,
+            priority=priority,
+            max_attempts=max_attempts,
             timeout_s=timeout_s,
             available_at=available_at,
             idempotency_key=request.idempotency_key,
-            request_hash=request_hash(request.model_dump(mode="json", exclude_none=True)),
+            request_hash=request_hash(canonical),
             owner=owner,
         )
 

@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the API binds to.")
     port: int = Field(8014, ge=1, le=65535, description="Port the API binds to.")
     api_url: str = Field(
-        "http://127.0.0.1:8014", description="Where the CLI and the client find the API."
+        "", description="Where the CLI and the client find the API. Empty: ORCH_HOST:ORCH_PORT."
     )
 
     # Jobs.
@@ -106,6 +106,12 @@ class Settings(BaseSettings):
     # Logs.
     log_level: str = Field("INFO", description="Log level.")
     log_json: bool = Field(False, description="Log JSON lines instead of readable text.")
+
+    def resolved_api_url(self) -> str:
+        if self.api_url:
+            return self.api_url
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
 
     def resolved_database_url(self) -> str:
         """The database URL, with the embedded SQLite default filled in."""

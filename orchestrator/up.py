@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -13,6 +14,7 @@ import uvicorn
 
 from orchestrator import migrate
 from orchestrator.api.app import create_app
+from orchestrator.errors import OrchestratorError
 from orchestrator.settings import EMBEDDED, Settings
 from orchestrator.streams.embedded import EmbeddedRedis
 from orchestrator.wiring import build_services, build_store
@@ -60,13 +62,13 @@ def serve(settings: Settings, *, run_engine: bool = True) -> None:
 def up(settings: Settings, *, workers: int, concurrency: int) -> None:
     """Everything on one machine: embedded Redis (unless ORCH_REDIS_URL names one), the
     schema, the API with the engine, and a pool of worker processes with the built-ins."""
+    _check_port_free(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     embedded = None
     if settings.redis_url == EMBEDDED:
         embedded = EmbeddedRedis(settings.data_dir)
         embedded.start()
         settings = settings.model_copy(update={"redis_url": embedded.url})
-    pool = None
     try:
         store = build_store(settings)
         migrate.upgrade(store.engine)
@@ -79,19 +81,51 @@ def up(settings: Settings, *, workers: int, concurrency: int) -> None:
         }
         pool = LocalPool(workers, ["--concurrency", str(concurrency)], env)
         pool.start()
-        url = f"http://{settings.host}:{settings.port}"
-        logger.info(
-            "orchestrator up: API on %s (docs at %s/docs), %d worker processes, data in %s. "
-            "Ctrl-C stops it.",
-            url,
-            url,
-            workers,
-            settings.data_dir.resolve(),
-            extra={"event": "up"},
-        )
-        serve(settings)
+        try:
+            url = f"http://{settings.host}:{settings.port}"
+            logger.info(
+                "orchestrator up: API on %s (docs at %s/docs), %d worker processes, data in "
+                "%s. Ctrl-C stops it (a second Ctrl-C gives running jobs back at once).",
+                url,
+                url,
+                workers,
+                settings.data_dir.resolve(),
+                extra={"event": "up"},
+            )
+            serve(settings)
+        finally:
+            _stop_pool(pool, settings.shutdown_grace_s)
     finally:
-        if pool is not None:
-            pool.stop(settings.shutdown_grace_s)
         if embedded is not None:
             embedded.stop()
+
+
+def _stop_pool(pool: LocalPool, grace_s: float) -> None:
+    """Stop the workers; a signal meanwhile (a second Ctrl-C) is passed on to them, so
+    they give their running jobs back at once instead of waiting out the grace period."""
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        logger.warning(
+            "stopping now: workers give their running jobs back", extra={"event": "up_stop_now"}
+        )
+        pool.signal(signal.SIGTERM)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        pool.stop(grace_s)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _check_port_free(settings: Settings) -> None:
+    with socket.socket() as probe:
+        # As uvicorn binds: a port in TIME_WAIT after a restart is free to use.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((settings.host, settings.port))
+        except OSError as exc:
+            raise OrchestratorError(
+                f"cannot listen on {settings.host}:{settings.port} ({exc.strerror}): "
+                "pass --port or set ORCH_PORT"
+            ) from None

@@ -63,10 +63,15 @@ class Monitor:
         next_beat = 0.0
         while not stopped.is_set():
             now = time.monotonic()
-            if now >= next_beat:
-                next_beat = now + self._settings().heartbeat_interval_s
-                self.heartbeat()
-            self.enforce_limits(now)
+            try:
+                if now >= next_beat:
+                    next_beat = now + self._settings().heartbeat_interval_s
+                    self.heartbeat()
+                self.enforce_limits(now)
+            except Exception:
+                # Without this thread there are no heartbeats, time limits or cancels: never
+                # let one bad turn end it.
+                logger.exception("monitor turn failed", extra={"event": "monitor_error"})
             stopped.wait(MONITOR_TICK_S)
 
     def heartbeat(self) -> None:

@@ -10,7 +10,12 @@ import sys
 import threading
 import time
 
+from orchestrator.children import die_with_parent
+
 logger = logging.getLogger(__name__)
+
+# Set in a pool worker's environment: the pid of the `orchestrator up` it belongs to.
+PARENT_ENV = "ORCH_POOL_PARENT_PID"
 
 # A worker that dies is restarted after this long, doubling while it keeps dying quickly.
 RESTART_DELAY_S = 1.0
@@ -21,7 +26,7 @@ class LocalPool:
     def __init__(self, size: int, worker_args: list[str], env: dict[str, str]) -> None:
         self.size = size
         self.command = [sys.executable, "-m", "orchestrator.cli", "worker", *worker_args]
-        self.env = env
+        self.env = {**env, PARENT_ENV: str(os.getpid())}
         self._procs: list[subprocess.Popen[bytes] | None] = [None] * size
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -68,6 +73,12 @@ class LocalPool:
     def pids(self) -> list[int]:
         return [p.pid for p in self._procs if p is not None and p.poll() is None]
 
+    def signal(self, signum: int) -> None:
+        """Send a signal to every live worker."""
+        for proc in self._procs:
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signum)
+
     def stop(self, grace_s: float) -> None:
         """SIGTERM every worker (they finish or give back their jobs), then SIGKILL."""
         self._stop.set()
@@ -88,3 +99,12 @@ class LocalPool:
                 )
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def exit_with_pool_parent() -> None:
+    """Called by a worker process: if `orchestrator up` started it, stop when `up` dies."""
+    parent = os.environ.get(PARENT_ENV)
+    if parent:
+        die_with_parent()
+        if os.getppid() != int(parent):  # it died before we asked
+            os.kill(os.getpid(), signal.SIGTERM)

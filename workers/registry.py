@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import Any, TypeVar
@@ -57,8 +59,18 @@ class HandlerRegistry:
         return found
 
     def import_modules(self, names: Iterable[str]) -> None:
+        """Import handler modules by dotted name; the current directory is searched too (as
+        `python -m` would), so `--import my_handlers` finds ./my_handlers.py."""
+        if "" not in sys.path and os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
         for name in names:
-            module = importlib.import_module(name)
+            try:
+                module = importlib.import_module(name)
+            except ImportError as exc:
+                raise HandlerNotFound(
+                    f"cannot import handler module {name!r}: {exc} "
+                    f"(searched the current directory {os.getcwd()} and PYTHONPATH)"
+                ) from exc
             if not self.add_module(module):
                 raise HandlerNotFound(f"module {name} has no @handler functions")
 

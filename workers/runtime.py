@@ -21,7 +21,12 @@ from types import FrameType
 from typing import Any
 
 from orchestrator.clock import Clock, SystemClock
-from orchestrator.errors import OrchestratorError, Unavailable
+from orchestrator.errors import (
+    OrchestratorError,
+    StoreUnavailable,
+    StreamsUnavailable,
+    Unavailable,
+)
 from orchestrator.ids import new_token
 from orchestrator.jobs import Claim, retry_delay_s
 from orchestrator.settings import Settings
@@ -31,10 +36,15 @@ from orchestrator.streams import Delivery, Streams
 from workers.context import JobCancelled, JobContext, JobInterrupted, JobTimeout
 from workers.interrupt import clear_in_thread, raise_in_thread
 from workers.monitor import Monitor, Running
-from workers.outcomes import OutcomeRecorder
+from workers.outcomes import RECORD_FOR_S, OutcomeRecorder
 from workers.registry import HandlerRegistry
 
 logger = logging.getLogger(__name__)
+
+# How long a slot waits after a claim found the database down, before requeueing.
+CLAIM_RETRY_S = 1.0
+# Progress is a status line, not a result: it fits MariaDB's TEXT column.
+MAX_PROGRESS_BYTES = 60_000
 
 
 class Worker:
@@ -70,7 +80,8 @@ class Worker:
         self._seq = itertools.count()
         self._work: queue.Queue[Delivery | None] = queue.Queue()
         self._running: dict[str, Running] = {}  # by claim token
-        self._outage: str | None = None
+        self._outages: dict[type[Exception], str] = {}
+        self._released: set[str] = set()  # tokens given back whose slot has not returned yet
         self.completed = 0
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -172,24 +183,30 @@ class Worker:
             self._note_outage(exc)
             self._stopping.wait(1.0)
             return []
-        self._note_recovery()
+        self._note_recovery(StreamsUnavailable)
         return deliveries
 
     def _note_outage(self, exc: Exception) -> None:
-        if self._outage is None:  # once per outage
+        """Log an outage once, however often it is hit; the database and Redis apart."""
+        with self._cond:
+            first = type(exc) not in self._outages
+            self._outages[type(exc)] = str(exc)
+        if first:
             logger.error("worker %s: %s; retrying", self.id, exc, extra={"event": "outage"})
-        self._outage = str(exc)
 
-    def _note_recovery(self) -> None:
-        if self._outage is not None:
-            logger.info("worker %s: reconnected", self.id, extra={"event": "recovered"})
-            self._outage = None
+    def _note_recovery(self, kind: type[Exception]) -> None:
+        with self._cond:
+            was = self._outages.pop(kind, None)
+        if was is not None:
+            logger.info(
+                "worker %s: reconnected after: %s", self.id, was, extra={"event": "recovered"}
+            )
 
     def _call_until_ok(self, fn: Any) -> None:
         while not self._stopping.is_set():
             try:
                 fn()
-                self._note_recovery()
+                self._note_recovery(StreamsUnavailable)
                 return
             except Unavailable as exc:
                 self._note_outage(exc)
@@ -204,7 +221,7 @@ class Worker:
                 return
             try:
                 self._process(delivery)
-            except Exception:
+            except (Exception, JobInterrupted):
                 logger.exception(
                     "worker %s: failed to process a delivery",
                     self.id,
@@ -220,10 +237,13 @@ class Worker:
         try:
             claim = self.store.claim_job(dispatch, self.id, self.clock.now())
         except Unavailable as exc:
-            # Not claimed: put it back for later rather than leave it pending here.
+            # Not claimed: put it back for later rather than leave it pending here; wait a
+            # little first, or the same message comes straight back while the database is down.
             self._note_outage(exc)
+            self._stopping.wait(CLAIM_RETRY_S)
             self._requeue([delivery])
             return
+        self._note_recovery(StoreUnavailable)
         if claim is None:
             logger.debug(
                 "stale or duplicate delivery of job %s attempt %d: skipped",
@@ -233,17 +253,41 @@ class Worker:
             )
             self.outcomes.ack(delivery)
             return
-        running = self._start(claim, delivery)
+        running = self._prepare(claim, delivery)
         status, value = self._run_handler(running)
         with running.lock:
             if running.released:
+                with self._cond:
+                    self._released.discard(claim.token)
+                    self._cond.notify_all()
                 return  # shutdown gave the job back; its outcome is no longer ours
-        self._record(running, status, value)
+        try:
+            self._record(running, status, value)
+        except Exception as exc:
+            # Never leave a finished attempt running: record a failure that cannot itself fail.
+            logger.exception(
+                "job %s: could not record its outcome",
+                claim.job.id,
+                extra={"event": "record_failed", "job_id": claim.job.id},
+            )
+            delay = retry_delay_s(
+                claim.attempt, self.settings.retry_backoff_base_s, self.settings.retry_backoff_max_s
+            )
+            if (
+                self.outcomes.fail(
+                    claim, f"could not record the outcome: {type(exc).__name__}", delay
+                )
+                is not None
+            ):
+                self.outcomes.ack(delivery)
 
-    def _start(self, claim: Claim, delivery: Delivery) -> Running:
+    def _prepare(self, claim: Claim, delivery: Delivery) -> Running:
         job = claim.job
 
         def report(progress: Any) -> None:
+            size = len(dumps(progress).encode())
+            if size > MAX_PROGRESS_BYTES:
+                raise ValueError(f"progress is {size} bytes; the limit is {MAX_PROGRESS_BYTES}")
             self.store.record_progress(claim, progress, self.clock.now())
 
         ctx = JobContext(
@@ -262,8 +306,6 @@ class Worker:
             thread_id=threading.get_ident(),
             deadline=time.monotonic() + job.timeout_s,
         )
-        with self._cond:
-            self._running[claim.token] = running
         logger.info(
             "job %s attempt %d started",
             job.id,
@@ -278,6 +320,10 @@ class Worker:
         outcome: tuple[str, Any] | None = None
         try:
             try:
+                # Registered for the monitor here, inside the guarded region: an interrupt
+                # may land from this point on.
+                with self._cond:
+                    self._running[running.claim.token] = running
                 fn = self.registry.get(running.claim.job.type)
                 outcome = ("ok", fn(running.ctx))
             except JobTimeout:
@@ -295,8 +341,9 @@ class Worker:
             # The interrupt landed after the handler returned, before it was marked finished.
             if outcome is None:
                 outcome = ("timeout" if isinstance(late, JobTimeout) else "cancelled", None)
-        with self._cond:
-            self._running.pop(running.claim.token, None)
+        finally:
+            with self._cond:
+                self._running.pop(running.claim.token, None)
         assert outcome is not None
         return outcome
 
@@ -368,6 +415,19 @@ class Worker:
             leftovers = list(self._running.values())
         for r in leftovers:
             self._give_back(r)
+        # Slots that finished their handler (or were claiming) may still be recording an
+        # outcome: let them commit and ack it, or the job would be left running.
+        deadline = time.monotonic() + RECORD_FOR_S
+        with self._cond:
+            while self._idle + len(self._released) < self.concurrency:
+                if time.monotonic() >= deadline:
+                    logger.error(
+                        "worker %s: slots still busy at exit",
+                        self.id,
+                        extra={"event": "drain_incomplete"},
+                    )
+                    break
+                self._cond.wait(0.2)
         for _ in range(self.concurrency):
             self._work.put(None)
 
@@ -376,6 +436,8 @@ class Worker:
             if r.finished:
                 return
             r.released = True
+            with self._cond:
+                self._released.add(r.claim.token)
             r.ctx._set_cancelled()
             raise_in_thread(r.thread_id, JobCancelled)
         try:
@@ -413,4 +475,6 @@ class Worker:
 
 def _describe(exc: BaseException) -> str:
     lines = traceback.format_exception_only(type(exc), exc)
-    return "".join(lines).strip()[:4000]
+    text = "".join(lines).strip()[:4000]
+    # A message may hold lone surrogates (os.fsdecode of bad bytes): not storable as UTF-8.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

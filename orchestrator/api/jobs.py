@@ -24,6 +24,9 @@ from orchestrator.service import JobService
 
 router = APIRouter(tags=["jobs"])
 
+# A job id, as GET /jobs returns in `next_cursor`.
+JOB_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+
 ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody},
     409: {"model": ErrorBody},
@@ -73,7 +76,7 @@ def list_jobs(
     status: JobStatus | None = None,
     type: Annotated[JobType | None, Query()] = None,
     limit: Annotated[int, Query(ge=1)] = 50,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: Annotated[str | None, Query(pattern=JOB_ID_PATTERN)] = None,
 ) -> JobPageView:
     """Jobs, newest first; pass `next_cursor` back as `cursor` for the next page."""
     service = _jobs(request)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from orchestrator.jobs import JOB_TYPE_PATTERN, Job, JobEvent
 
@@ -26,6 +26,17 @@ class SubmitRequest(BaseModel):
     timeout_s: Annotated[float, Field(gt=0)] | None = None
     run_at: datetime | None = Field(None, description="ISO-8601; without an offset, UTC.")
     delay_s: Annotated[float, Field(ge=0, le=366 * 86400)] | None = None
+
+    @field_validator("run_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        """Stored as naive UTC; a time without an offset is taken as UTC."""
+        if value is None or value.tzinfo is None:
+            return value
+        try:
+            return value.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError:
+            raise ValueError("run_at is out of range") from None
 
     @model_validator(mode="after")
     def _one_schedule(self) -> SubmitRequest:

@@ -253,7 +253,13 @@ class SqlJobs(SqlBase):
             if status in (S.DONE, S.DEAD_LETTER, S.CANCELLED):
                 raise JobFinished(f"job {job_id} is already {status}", status=status.value)
             if status.value in CLAIMABLE_STATUSES:
-                values = {"status": S.CANCELLED.value, "finished_at": now, "updated_at": now}
+                # published_at set: a delayed or retrying job leaves the scheduler's index.
+                values = {
+                    "status": S.CANCELLED.value,
+                    "finished_at": now,
+                    "updated_at": now,
+                    "published_at": now,
+                }
                 self._set(conn, job_id, values)
                 self._event(
                     conn,

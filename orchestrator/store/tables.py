@@ -21,19 +21,29 @@ LongText = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
 # SQLite autoincrements only an INTEGER PRIMARY KEY.
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
+
+def ExactString(length: int) -> sa.types.TypeEngine[str]:
+    """A string compared byte for byte. MariaDB's default collation is case- and
+    accent-insensitive: "Req-1" and "req-1 " would collide in a unique key there but not on
+    SQLite, and the idempotency lookup would miss the row the index sees."""
+    return sa.String(length).with_variant(
+        mysql.VARCHAR(length, collation="utf8mb4_nopad_bin"), "mysql", "mariadb"
+    )
+
+
 jobs = sa.Table(
     "orchestrator_jobs",
     metadata,
     sa.Column("id", sa.String(36), primary_key=True),
     sa.Column("type", sa.String(64), nullable=False),
-    sa.Column("owner", sa.String(128), nullable=False),
+    sa.Column("owner", ExactString(128), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("priority", sa.SmallInteger(), nullable=False),
     sa.Column("payload", LongText, nullable=False),
     sa.Column("attempts", sa.Integer(), nullable=False),
     sa.Column("max_attempts", sa.Integer(), nullable=False),
     sa.Column("timeout_s", sa.Float(), nullable=False),
-    sa.Column("idempotency_key", sa.String(255), nullable=True),
+    sa.Column("idempotency_key", ExactString(255), nullable=True),
     sa.Column("request_hash", sa.String(64), nullable=True),
     # Not before this time: the run_at/delay of a submit, or the backoff of a retry.
     sa.Column("available_at", Timestamp, nullable=False),

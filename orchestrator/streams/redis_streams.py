@@ -154,6 +154,7 @@ class RedisStreams:
 
     def _deliveries(self, replies: list[Any]) -> list[Delivery]:
         deliveries = []
+        malformed: list[tuple[str, str, str]] = []
         for reply in replies:
             for stream, entries in reply or []:
                 parsed = self.keys.parse_stream(stream)
@@ -162,8 +163,27 @@ class RedisStreams:
                 for entry_id, fields in entries:
                     if not fields:  # an entry deleted while pending; the reclaimer handles it
                         continue
-                    dispatch = Dispatch(fields["job_id"], job_type, band, int(fields["attempt"]))
+                    try:
+                        dispatch = Dispatch(
+                            str(fields["job_id"]), job_type, band, int(fields["attempt"])
+                        )
+                    except (KeyError, ValueError):
+                        malformed.append((stream, job_type, entry_id))
+                        continue
                     deliveries.append(Delivery(stream, entry_id, dispatch))
+        if malformed:
+            # Not ours (written by something else): drop it, keep the rest of the batch.
+            logger.error(
+                "dropping %d malformed stream entries: %s",
+                len(malformed),
+                [m[2] for m in malformed],
+                extra={"event": "malformed_entry"},
+            )
+            pipe = self.client.pipeline(transaction=False)
+            for stream, job_type, entry_id in malformed:
+                pipe.xack(stream, self.keys.group(job_type), entry_id)
+                pipe.xdel(stream, entry_id)
+            pipe.execute()
         deliveries.sort(key=lambda d: d.dispatch.priority)
         return deliveries
 
@@ -223,8 +243,8 @@ class RedisStreams:
             while True:
                 entries: Any = self.client.xrange(stream, min=start, max="+", count=RANGE_BATCH)
                 for _, fields in entries:
-                    if fields:
-                        found.add((fields["job_id"], int(fields["attempt"])))
+                    if fields and str(fields.get("attempt", "")).isdigit():
+                        found.add((fields.get("job_id"), int(fields["attempt"])))
                 if len(entries) < RANGE_BATCH:
                     return found
                 start = f"({entries[-1][0]}"  # exclusive: after the last one seen

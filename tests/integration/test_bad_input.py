@@ -28,6 +28,7 @@ BAD_SUBMITS: list[tuple[str, Any, int]] = [
     ("idempotency key too long", {"type": "echo", "idempotency_key": "k" * 256}, 422),
     ("body is a list", [{"type": "echo"}], 422),
     ("payload too large", {"type": "echo", "payload": {"blob": "x" * 5000}}, 413),
+    ("run_at out of range", {"type": "echo", "run_at": "9999-12-31T23:59:59-05:00"}, 422),
 ]
 
 
@@ -106,6 +107,7 @@ def test_unknown_job_id__404_and_nothing_written(system: System, method: str, pa
         {"limit": 0},
         {"limit": "many"},
         {"cursor": "c" * 65},
+        {"cursor": "nonsense"},
     ],
 )
 def test_list__bad_query_rejected(system: System, params: dict[str, Any]) -> None:
@@ -148,3 +150,19 @@ def test_submit__small_chunked_body_accepted(small_system: System) -> None:
     )
     assert response.status_code == 202
     assert small_system.job(response.json()["job_id"])["payload"] == {"ok": True}
+
+
+@pytest.mark.parametrize("payload", [b"NaN", b"Infinity", b"[-Infinity]", b'{"x": NaN}'])
+def test_submit__non_finite_numbers_rejected(small_system: System, payload: bytes) -> None:
+    before = small_system.snapshot()
+    body = b'{"type": "echo", "payload": ' + payload + b"}"
+    for path, content in [
+        ("/jobs/submit", body),
+        ("/jobs/submit_batch", b'{"jobs": [' + body + b"]}"),
+    ]:
+        response = small_system.client.post(
+            path, content=content, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["error"] == "invalid_request"
+    assert small_system.snapshot() == before

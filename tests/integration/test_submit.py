@@ -148,3 +148,29 @@ def test_submit__redis_down_still_accepts_and_publishes_later(system: System) ->
     wait_until(lambda: system.stream_len("echo") == 1, 5, "the job to be published")
     system.start_worker()
     assert system.wait_status(job_id)["status"] == "done"
+
+
+def test_submit__idempotency_compares_the_request_as_it_will_run(system: System) -> None:
+    first = system.submit(type="echo", run_at="2031-01-01T00:00:00", idempotency_key="k")
+    for same in [
+        {"run_at": "2031-01-01T00:00:00Z"},
+        {"run_at": "2031-01-01T01:00:00+01:00"},
+        {"run_at": "2031-01-01T00:00:00", "priority": "normal"},
+        {"run_at": "2031-01-01T00:00:00", "max_attempts": system.settings.default_max_attempts},
+        {"run_at": "2031-01-01T00:00:00", "timeout_s": system.settings.default_timeout_s},
+    ]:
+        response = system.client.post(
+            "/jobs/submit", json={"type": "echo", "idempotency_key": "k", **same}
+        )
+        assert response.status_code == 200, (same, response.text)
+        assert response.json()["job_id"] == first
+    other = {"type": "echo", "idempotency_key": "k", "run_at": "2031-01-01T00:00:01Z"}
+    assert system.client.post("/jobs/submit", json=other).status_code == 409
+
+
+def test_submit__idempotency_keys_compare_exactly(system: System) -> None:
+    keys = ["Req-1", "req-1", "req-1 ", "rèq-1"]
+    ids = [system.submit(type="echo", idempotency_key=k) for k in keys]
+    assert len(set(ids)) == len(keys)
+    again = system.client.post("/jobs/submit", json={"type": "echo", "idempotency_key": "req-1"})
+    assert (again.status_code, again.json()["job_id"]) == (200, ids[1])

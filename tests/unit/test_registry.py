@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import types
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -93,6 +94,20 @@ def test_import_modules__registers_handlers_of_every_named_module(
     assert registry.types == ["echo", "embed_text", "fail", "preloads", "sleep"]
 
 
-def test_import_modules__missing_module_raises_import_error() -> None:
-    with pytest.raises(ImportError):
+def test_import_modules__missing_module_is_one_clear_error() -> None:
+    with pytest.raises(HandlerNotFound, match="cannot import handler module") as caught:
         HandlerRegistry().import_modules(["orch_test_no_such_module_anywhere"])
+    assert isinstance(caught.value.__cause__, ImportError)
+
+
+def test_import_modules__finds_a_module_in_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "orch_test_cwd_handlers.py").write_text(
+        "from workers import handler\n\n@handler('cwd_job')\ndef run(ctx):\n    return 1\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    registry = HandlerRegistry()
+    registry.import_modules(["orch_test_cwd_handlers"])
+    assert registry.types == ["cwd_job"]
