@@ -65,6 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     get = sub.add_parser("get", help="show a job")
     get.add_argument("job_id")
+
+    dlq = sub.add_parser("dlq", help="the dead-letter queue")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    dlq_list = dlq_sub.add_parser("list", help="list dead-lettered jobs")
+    dlq_list.add_argument("--type", help="only this job type")
+    dlq_list.add_argument("--limit", type=int, default=50)
+    dlq_list.add_argument("--json", action="store_true", help="print JSON")
+    dlq_replay = dlq_sub.add_parser("replay", help="run dead-lettered jobs again")
+    dlq_replay.add_argument("job_ids", nargs="+", metavar="JOB_ID")
+
+    sub.add_parser("reclaim", help="run one reclaim pass now")
+    sub.add_parser("leader", help="show which replica leads")
     return parser
 
 
@@ -129,6 +141,12 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return _submit(args, settings)
     if command == "get":
         return _show(_api(settings, "GET", f"/jobs/{args.job_id}"))
+    if command == "dlq":
+        return _dlq(args, settings)
+    if command == "reclaim":
+        return _show(_api(settings, "POST", "/control/reclaim"))
+    if command == "leader":
+        return _show(_api(settings, "GET", "/leader"))
     raise AssertionError(command)
 
 
@@ -160,6 +178,24 @@ def _api(settings: Settings, method: str, path: str, body: Any = None) -> Any:
     if response.status_code >= 400:
         raise OrchestratorError(f"{response.status_code} {data.get('message', data)}")
     return data
+
+
+def _dlq(args: argparse.Namespace, settings: Settings) -> int:
+    if args.dlq_command == "replay":
+        for job_id in args.job_ids:
+            job = _api(settings, "POST", f"/dlq/{job_id}/replay")
+            print(f"{job['id']}: {job['status']}")
+        return 0
+    query = f"?limit={args.limit}" + (f"&type={args.type}" if args.type else "")
+    page = _api(settings, "GET", f"/dlq{query}")
+    if args.json:
+        return _show(page)
+    if not page["jobs"]:
+        print("no dead-lettered jobs")
+    for job in page["jobs"]:
+        error = " ".join((job["error"] or "").split())[:80]
+        print(f"{job['id']}  {job['type']:<20} attempts {job['attempts']:<3} {error}")
+    return 0
 
 
 def _reject_constant(name: str) -> Any:

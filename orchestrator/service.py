@@ -128,5 +128,10 @@ class JobService:
         self.get(job_id)
         return self.store.job_events(job_id)
 
+    def replay(self, job_id: str, actor: str = "anonymous") -> Job:
+        """A dead-lettered job runs again with a fresh attempt budget (published by the
+        scheduler on its next tick)."""
+        return self.store.replay_dead_letter(job_id, self.clock.now(), actor)
+
     def cancel(self, job_id: str, actor: str = "anonymous") -> Job:
         return self.store.cancel_job(job_id, self.clock.now(), actor)

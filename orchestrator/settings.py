@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     leader_lease_s: float = Field(
         3.0, gt=0, description="SQLite: how long a leader's lease lasts unless renewed."
     )
+    leader_lock: str = Field(
+        "gpu_orchestrator_leader",
+        max_length=64,
+        description="MariaDB: the GET_LOCK name. Lock names are server-wide: deployments "
+        "sharing one MariaDB server need different names.",
+    )
     instance_id: str = Field(
         "", description="This replica's name in leader election. Empty: host-pid-random."
     )

@@ -57,7 +57,9 @@ def build_services(
     if election is None:
         if not isinstance(store, SqlStore):
             raise TypeError("pass an election to go with a store that is not a SqlStore")
-        election = create_election(store.engine, instance_id(settings), settings.leader_lease_s)
+        election = create_election(
+            store.engine, instance_id(settings), settings.leader_lease_s, settings.leader_lock
+        )
     reclaimer = Reclaimer(store, streams, settings, clock)
     return Services(
         settings=settings,

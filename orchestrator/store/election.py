@@ -23,8 +23,8 @@ from orchestrator.store.tables import leader
 
 logger = logging.getLogger(__name__)
 
-LOCK_NAME = "gpu_orchestrator_leader"
 ROW = "leader"
+DEFAULT_LOCK = "gpu_orchestrator_leader"
 
 
 @dataclass(frozen=True)
@@ -155,8 +155,11 @@ class LeaseElection(_RowElection):
 class LockElection(_RowElection):
     """MariaDB: GET_LOCK on a dedicated connection, checked on every tick."""
 
-    def __init__(self, engine: Engine, instance_id: str, ttl_s: float) -> None:
+    def __init__(
+        self, engine: Engine, instance_id: str, ttl_s: float, lock_name: str = DEFAULT_LOCK
+    ) -> None:
         super().__init__(engine, instance_id, ttl_s)
+        self.lock_name = lock_name
         self._conn: Connection | None = None
 
     def _connection(self) -> Connection:
@@ -170,14 +173,17 @@ class LockElection(_RowElection):
             conn = self._connection()
             if self.leading:
                 held = conn.execute(
-                    sa.text("SELECT IS_USED_LOCK(:name) = CONNECTION_ID()"), {"name": LOCK_NAME}
+                    sa.text("SELECT IS_USED_LOCK(:name) = CONNECTION_ID()"),
+                    {"name": self.lock_name},
                 ).scalar()
                 if held != 1:
                     self._lost("the lock is no longer ours")
                 elif not self._renew(conn, now):
                     self._lost("another instance recorded a newer leadership")
             elif (
-                conn.execute(sa.text("SELECT GET_LOCK(:name, 0)"), {"name": LOCK_NAME}).scalar()
+                conn.execute(
+                    sa.text("SELECT GET_LOCK(:name, 0)"), {"name": self.lock_name}
+                ).scalar()
                 == 1
             ):
                 self._take(conn, now, only_if_expired=False)
@@ -199,14 +205,16 @@ class LockElection(_RowElection):
     def resign(self, now: datetime) -> None:
         if self._conn is not None and self.leading:
             try:
-                self._conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": LOCK_NAME})
+                self._conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": self.lock_name})
             except sa.exc.SQLAlchemyError:
                 logger.debug("releasing the leader lock failed", exc_info=True)
         self._lost("resigned")
         self._close()
 
 
-def create_election(engine: Engine, instance_id: str, ttl_s: float) -> Election:
+def create_election(
+    engine: Engine, instance_id: str, ttl_s: float, lock_name: str = DEFAULT_LOCK
+) -> Election:
     if dialect.is_sqlite(engine):
         return LeaseElection(engine, instance_id, ttl_s)
-    return LockElection(engine, instance_id, ttl_s)
+    return LockElection(engine, instance_id, ttl_s, lock_name)

@@ -208,9 +208,14 @@ class RedisStreams:
         cursor = "0-0"
         with self._guard():
             while True:
-                reply = self.client.xautoclaim(
-                    stream, group, consumer, min_idle_ms, start_id=cursor, count=AUTOCLAIM_BATCH
-                )
+                try:
+                    reply = self.client.xautoclaim(
+                        stream, group, consumer, min_idle_ms, start_id=cursor, count=AUTOCLAIM_BATCH
+                    )
+                except redis.ResponseError as exc:
+                    if not _missing_group(exc):
+                        raise
+                    return claimed, deleted  # no group yet: no consumer, nothing pending
                 cursor, entries = reply[0], reply[1]
                 claimed += self._deliveries([[[stream, [e for e in entries if e[1]]]]])
                 gone = list(reply[2]) if len(reply) > 2 else []

@@ -120,6 +120,7 @@ def real_backend(tmp_path: Path, **overrides: object) -> Iterator[Backend]:
             database_url=db_url,
             redis_url=REDIS_URL,
             redis_prefix=prefix,
+            leader_lock=lock_name(db_url),
             **{**FAST, **overrides},  # type: ignore[arg-type]
         )
         clients: list[redis.Redis] = []
@@ -132,6 +133,11 @@ def real_backend(tmp_path: Path, **overrides: object) -> Iterator[Backend]:
         yield Backend("mariadb", settings, make_redis)
         for client in clients:
             client.close()
+
+
+def lock_name(db_url: str) -> str:
+    """GET_LOCK names are server-wide: each test database elects its own leader."""
+    return f"orch_leader_{sa.make_url(db_url).database}"
 
 
 def migrated(backend: Backend) -> SqlStore:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.streams.embedded import EmbeddedRedis
-from tests.integration.backends import REDIS_URL, real_database, real_redis_prefix
+from tests.integration.backends import REDIS_URL, lock_name, real_database, real_redis_prefix
 from tests.integration.processes import Processes, processes
 
 pytestmark = pytest.mark.slow
@@ -41,8 +41,10 @@ def service_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict
                 ORCH_DATABASE_URL=f"sqlite:///{tmp_path / 'jobs.db'}", ORCH_REDIS_URL=redis_.url
             )
         else:
+            db_url = stack.enter_context(real_database())
             env.update(
-                ORCH_DATABASE_URL=stack.enter_context(real_database()),
+                ORCH_DATABASE_URL=db_url,
+                ORCH_LEADER_LOCK=lock_name(db_url),
                 ORCH_REDIS_URL=REDIS_URL,
                 ORCH_REDIS_PREFIX=stack.enter_context(real_redis_prefix()),
             )
