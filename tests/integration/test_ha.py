@@ -254,3 +254,32 @@ def test_fake_election_can_be_swapped_in(backend: Backend) -> None:
         assert services.engine.leading is False
     finally:
         services.close()
+
+
+def test_hygiene__dead_consumer_removed_only_after_its_entries_were_claimed(
+    backend_factory: object,
+) -> None:
+    system = System(backend_factory(visibility_timeout_s=0.3, consumer_idle_s=0.1))  # type: ignore[operator]
+    system.services.engine.stop()
+    try:
+        job_id = system.submit(type="record")
+        streams = system.services.streams
+        streams.ensure_groups(["record"])
+        assert streams.read("dead-consumer", ["record"], 10, 0)
+        client = system.backend.make_redis()
+        stream, group = system.backend.keys.stream("record"), system.backend.keys.group("record")
+
+        def consumers() -> dict[str, int]:
+            return {c["name"]: c["pending"] for c in client.xinfo_consumers(stream, group)}
+
+        time.sleep(0.15)  # idle, but still holding an entry
+        streams.prune_consumers("record", 100)  # may remove it from the empty band streams
+        assert consumers() == {"dead-consumer": 1}
+        time.sleep(0.2)  # now past the visibility timeout too
+        system.services.reclaimer.reclaim()  # claims the entry, then prunes the consumer
+        assert "dead-consumer" not in consumers()
+        system.start_worker()
+        assert system.wait_status(job_id)["status"] == "done"
+        assert client.xlen(stream) == 0  # acked entries are deleted
+    finally:
+        system.close()
