@@ -171,6 +171,8 @@ class Worker:
                 if (time.monotonic() - started) * 1000 < block_ms / 2:
                     self._stopping.wait(0.05)
                 return
+        if self._stopping.is_set():
+            return  # read while a stop came in: the drain puts these back, unstarted
         with self._cond:
             while self._idle > 0 and self._buffer:
                 self._idle -= 1
