@@ -122,6 +122,9 @@ class Engine:
                         extra={"event": "engine_recovered"},
                     )
                     self._outage = None
+                    # Workers could not heartbeat either: give them a visibility timeout to
+                    # do so before judging their jobs lost.
+                    self._next_reclaim = time.monotonic() + self.settings.visibility_timeout_s
             except Unavailable as exc:
                 if self._outage is None:  # once per outage, not once per tick
                     logger.error("engine paused: %s", exc, extra={"event": "engine_outage"})

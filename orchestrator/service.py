@@ -65,8 +65,8 @@ class JobService:
             try:
                 self.store.mark_unpublished([d.job_id for d in dispatches])
             except Unavailable as db_exc:
-                # Committed but neither published nor marked: only a reconciliation of
-                # Redis against the database finds them (the outbox relay, not built yet).
+                # Committed but neither published nor marked: the relay's check of Redis
+                # against the database republishes them (`orchestrator.reclaimer`).
                 logger.error(
                     "jobs %s are committed but unpublished: %s",
                     ",".join(d.job_id for d in dispatches),
@@ -94,13 +94,9 @@ class JobService:
         )
         max_attempts = request.max_attempts or self.settings.default_max_attempts
         priority = Priority.from_label(request.priority)
-        # The request as it will be run, defaults filled in: what idempotency compares.
-        canonical = {
-            **request.model_dump(mode="json", exclude_none=True),
-            "priority": priority.label,
-            "max_attempts": max_attempts,
-            "timeout_s": timeout_s,
-        }
+        # Idempotency compares the request as sent (run_at already in UTC), not the server's
+        # defaults: a retry after a change of ORCH_DEFAULT_* must still match.
+        canonical = request.model_dump(mode="json", exclude_none=True)
         return JobSpec(
             type=request.type,
             payload=request.payload,

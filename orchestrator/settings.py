@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EMBEDDED = "embedded"
@@ -112,6 +112,20 @@ class Settings(BaseSettings):
     # Logs.
     log_level: str = Field("INFO", description="Log level.")
     log_json: bool = Field(False, description="Log JSON lines instead of readable text.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.heartbeat_interval_s * 2 > self.visibility_timeout_s:
+            raise ValueError(
+                "visibility_timeout_s must be at least twice heartbeat_interval_s, or live "
+                "jobs would be reclaimed between two heartbeats"
+            )
+        if self.scheduler_interval_s >= self.leader_lease_s:
+            raise ValueError(
+                "leader_lease_s must be longer than scheduler_interval_s, which "
+                "is how often the leader renews it"
+            )
+        return self
 
     def resolved_api_url(self) -> str:
         if self.api_url:

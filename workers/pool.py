@@ -11,6 +11,7 @@ import threading
 import time
 
 from orchestrator.children import die_with_parent
+from workers.outcomes import RECORD_FOR_S
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,8 @@ class LocalPool:
         live = [p for p in self._procs if p is not None and p.poll() is None]
         for proc in live:
             proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace_s + 5
+        # The grace period, then the time a worker may still spend recording outcomes.
+        deadline = time.monotonic() + grace_s + RECORD_FOR_S + 5
         for proc in live:
             try:
                 proc.wait(max(0.0, deadline - time.monotonic()))

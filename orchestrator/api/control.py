@@ -26,6 +26,7 @@ class LeaderView(BaseModel):
     leader_id: str | None
     epoch: int
     since: datetime | None
+    expires_at: datetime | None
     instance_id: str
 
 
@@ -51,6 +52,7 @@ def get_leader(request: Request) -> LeaderView:
         leader_id=current.leader_id,
         epoch=current.epoch,
         since=utc(current.since),
+        expires_at=utc(current.expires_at),
         instance_id=election.instance_id,
     )
 

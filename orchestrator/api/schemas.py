@@ -156,6 +156,4 @@ class ErrorBody(BaseModel):
 
 def utc(value: datetime | None) -> datetime | None:
     """Stored times are naive UTC; say so on the wire."""
-    from datetime import UTC
-
     return None if value is None else value.replace(tzinfo=UTC)

@@ -179,6 +179,9 @@ class LockElection(_RowElection):
                 if held != 1:
                     self._lost("the lock is no longer ours")
                 elif not self._renew(conn, now):
+                    # Someone else leads by the row (another lock name?): step aside for good
+                    # rather than take the row back on the next tick.
+                    conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": self.lock_name})
                     self._lost("another instance recorded a newer leadership")
             elif (
                 conn.execute(

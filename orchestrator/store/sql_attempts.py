@@ -244,7 +244,7 @@ class SqlAttempts(SqlBase):
 
     def reclaim_stale(self, now: datetime, stale_before: datetime, limit: int) -> list[Reclaimed]:
         """Attempts whose heartbeat is older than `stale_before` lost their worker: requeue
-        each job (a fresh message follows from the scheduler) while attempts remain, else
+        each job (the reclaimer publishes its fresh message) while attempts remain, else
         dead-letter it; a job asked to cancel ends cancelled. The old claim token is cleared,
         so a late result of the lost attempt is fenced off."""
         with self._tx(write=True) as conn:

@@ -81,6 +81,7 @@ def test_leader_endpoint(system: System) -> None:
     assert body["is_leader"] is True
     assert body["leader_id"] == body["instance_id"]
     assert body["epoch"] >= 1 and body["since"]
+    assert body["expires_at"] > body["since"]
 
 
 # -- the reclaimer: stale attempts -------------------------------------------------------------

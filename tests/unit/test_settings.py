@@ -75,3 +75,13 @@ def test_resolved_redis_url__embedded_is_unix_socket_in_data_dir(tmp_path: Path)
 def test_resolved_redis_url__explicit_url_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ORCH_REDIS_URL", "redis://cache.internal:6380/2")
     assert Settings().resolved_redis_url() == "redis://cache.internal:6380/2"
+
+
+def test_settings__visibility_timeout_must_cover_two_heartbeats() -> None:
+    with pytest.raises(ValidationError, match="twice heartbeat_interval_s"):
+        Settings(heartbeat_interval_s=10, visibility_timeout_s=15)
+
+
+def test_settings__lease_must_outlast_a_tick() -> None:
+    with pytest.raises(ValidationError, match="leader_lease_s"):
+        Settings(scheduler_interval_s=1, leader_lease_s=1)
