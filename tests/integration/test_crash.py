@@ -426,7 +426,10 @@ def test_database_connections_killed__all_jobs_still_finish(
             for _ in range(2):
                 c.worker("--concurrency", "5")
             api.wait_healthy()
-            epoch = api.leader()["epoch"]
+            leading: dict[str, Any] = wait_until(
+                lambda: (v := api.leader())["is_leader"] and v, 10, "the replica to lead"
+            )
+            epoch = leading["epoch"]
             ids = api.submit_batch([_record(c, i=i, seconds=0.4) for i in range(50)])
 
             killed = []

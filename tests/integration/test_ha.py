@@ -89,7 +89,9 @@ def test_leader_endpoint(system: System) -> None:
 
 @pytest.fixture
 def fast(backend_factory: object) -> System:  # type: ignore[misc]
-    system = System(backend_factory(visibility_timeout_s=0.3, relay_grace_s=0.2))  # type: ignore[operator]
+    system = System(
+        backend_factory(visibility_timeout_s=0.3, heartbeat_interval_s=0.1, relay_grace_s=0.2)
+    )  # type: ignore[operator]
     system.services.engine.stop()  # the tests call the reclaimer themselves
     yield system
     system.close()
@@ -260,7 +262,9 @@ def test_fake_election_can_be_swapped_in(backend: Backend) -> None:
 def test_hygiene__dead_consumer_removed_only_after_its_entries_were_claimed(
     backend_factory: object,
 ) -> None:
-    system = System(backend_factory(visibility_timeout_s=0.3, consumer_idle_s=0.1))  # type: ignore[operator]
+    system = System(
+        backend_factory(visibility_timeout_s=0.3, heartbeat_interval_s=0.1, consumer_idle_s=0.1)
+    )  # type: ignore[operator]
     system.services.engine.stop()
     try:
         job_id = system.submit(type="record")
