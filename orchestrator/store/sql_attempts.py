@@ -262,7 +262,9 @@ class SqlAttempts(SqlBase):
                 .where(jobs.c.status.in_(ACTIVE_STATUSES), jobs.c.heartbeat_at < stale_before)
                 .order_by(jobs.c.heartbeat_at)
                 .limit(limit)
-                .with_for_update()
+                # A row locked by a worker's open heartbeat is being kept alive: skip it
+                # rather than wait on it (a frozen worker could hold it for a long time).
+                .with_for_update(skip_locked=True)
             ).all()
             if not rows:
                 return []
