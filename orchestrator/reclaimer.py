@@ -34,6 +34,7 @@ from orchestrator.jobs import (
     Dispatch,
     JobStatus,
 )
+from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from orchestrator.streams import Delivery, Streams
@@ -56,11 +57,19 @@ class ReclaimReport:
 
 
 class Reclaimer:
-    def __init__(self, store: Store, streams: Streams, settings: Settings, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: Store,
+        streams: Streams,
+        settings: Settings,
+        clock: Clock,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.store = store
         self.streams = streams
         self.settings = settings
         self.clock = clock
+        self.metrics = metrics or Metrics()
 
     def reclaim(self) -> ReclaimReport:
         report = ReclaimReport()
@@ -72,6 +81,8 @@ class Reclaimer:
                 self.streams.prune_consumers(job_type, int(self.settings.consumer_idle_s * 1000))
         except Unavailable as exc:
             logger.warning("could not prune consumers: %s", exc, extra={"event": "prune_failed"})
+        for outcome in ("requeued", "dead_lettered", "republished"):
+            self.metrics.reclaimed.labels(outcome).inc(getattr(report, outcome))
         if report.requeued or report.dead_lettered or report.republished:
             logger.warning(
                 "reclaim: %s",

@@ -16,6 +16,7 @@ from orchestrator.errors import (
     Unavailable,
 )
 from orchestrator.jobs import Dispatch, Job, JobEvent, JobSpec, Priority, request_hash
+from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import JobPage, Store, Submitted
 from orchestrator.store.codec import dumps
@@ -25,11 +26,19 @@ logger = logging.getLogger(__name__)
 
 
 class JobService:
-    def __init__(self, store: Store, streams: Streams, settings: Settings, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: Store,
+        streams: Streams,
+        settings: Settings,
+        clock: Clock,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.store = store
         self.streams = streams
         self.settings = settings
         self.clock = clock
+        self.metrics = metrics or Metrics()
 
     def submit(
         self, requests: Sequence[SubmitRequest], owner: str = "anonymous"
@@ -43,6 +52,9 @@ class JobService:
         now = self.clock.now()
         specs = [self._spec(r, owner, now) for r in requests]
         submitted = self.store.submit_jobs(specs, now)
+        for s in submitted:
+            if s.created:
+                self.metrics.jobs_submitted.labels(s.job.type).inc()
         due = [
             Dispatch(s.job.id, s.job.type, s.job.priority, 1)
             for s in submitted

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.engine import Engine
 from orchestrator.ids import new_token
+from orchestrator.metrics import Metrics
 from orchestrator.reclaimer import Reclaimer
 from orchestrator.service import JobService
 from orchestrator.settings import Settings
@@ -26,6 +27,7 @@ class Services:
     jobs: JobService
     reclaimer: Reclaimer
     engine: Engine
+    metrics: Metrics
 
     def close(self) -> None:
         self.engine.stop()
@@ -60,15 +62,19 @@ def build_services(
         election = create_election(
             store.engine, instance_id(settings), settings.leader_lease_s, settings.leader_lock
         )
-    reclaimer = Reclaimer(store, streams, settings, clock)
+    metrics = Metrics()
+    reclaimer = Reclaimer(store, streams, settings, clock, metrics)
+    engine = Engine(store, streams, settings, clock, election, reclaimer)
+    metrics.watch(store, streams, lambda: engine.leading)
     return Services(
         settings=settings,
         store=store,
         streams=streams,
         clock=clock,
-        jobs=JobService(store, streams, settings, clock),
+        jobs=JobService(store, streams, settings, clock, metrics),
         reclaimer=reclaimer,
-        engine=Engine(store, streams, settings, clock, election, reclaimer),
+        engine=engine,
+        metrics=metrics,
     )
 
 

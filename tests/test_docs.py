@@ -24,3 +24,23 @@ def test_configuration_doc__render_replaces_a_stale_table() -> None:
     assert "| old |" not in rendered
     assert "`ORCH_DATABASE_URL`" in rendered
     assert rendered.startswith("intro\n") and rendered.endswith("outro\n")
+
+
+def test_metrics_doc__lists_every_metric() -> None:
+    from orchestrator.metrics import Metrics, StateCollector
+
+    class NoState:
+        def queue_depths(self) -> list[object]:
+            return []
+
+        def pending_counts(self) -> dict[str, int]:
+            return {}
+
+    families = [*Metrics().registry.collect()]
+    families += StateCollector(NoState(), NoState(), lambda: False).collect()  # type: ignore[arg-type]
+    doc = (ROOT / "docs" / "metrics.md").read_text()
+    assert len(families) >= 7
+    for family in families:
+        # A counter family is exposed with the _total suffix.
+        name = f"{family.name}_total" if family.type == "counter" else family.name
+        assert f"`{name}`" in doc, f"{name} is not in docs/metrics.md"

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from orchestrator import __version__
-from orchestrator.api import control, jobs
+from orchestrator.api import control, health, jobs
 from orchestrator.api.errors import BodyLimit, install_error_handlers
 from orchestrator.wiring import Services
 
@@ -31,11 +31,7 @@ def create_app(services: Services, *, run_engine: bool = True) -> FastAPI:
     install_error_handlers(app)
     app.include_router(jobs.router)
     app.include_router(control.router)
-
-    @app.get("/health", tags=["health"])
-    def health() -> dict[str, str]:
-        """The process is alive (no dependency is checked)."""
-        return {"status": "ok"}
+    app.include_router(health.router)
 
     app.add_middleware(BodyLimit, max_bytes=services.settings.max_request_bytes)
     return app

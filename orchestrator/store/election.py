@@ -208,6 +208,15 @@ class LockElection(_RowElection):
     def resign(self, now: datetime) -> None:
         if self._conn is not None and self.leading:
             try:
+                self._conn.execute(
+                    leader.update()
+                    .where(
+                        leader.c.name == ROW,
+                        leader.c.leader_id == self.instance_id,
+                        leader.c.epoch == self._epoch,
+                    )
+                    .values(expires_at=now)
+                )
                 self._conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": self.lock_name})
             except sa.exc.SQLAlchemyError:
                 logger.debug("releasing the leader lock failed", exc_info=True)

@@ -15,9 +15,11 @@ from orchestrator.errors import (
     InvalidRequest,
     JobFinished,
     JobNotFound,
+    StoreUnavailable,
 )
 from orchestrator.ids import new_job_id
 from orchestrator.jobs import (
+    ACTIVE_STATUSES,
     CLAIMABLE_STATUSES,
     Dispatch,
     Job,
@@ -157,6 +159,23 @@ class SqlJobs(SqlBase):
                     .values(published_at=None)
                 ).rowcount
             )
+
+    def queue_depths(self) -> list[tuple[str, str, Priority, int]]:
+        query = (
+            sa.select(jobs.c.type, jobs.c.status, jobs.c.priority, sa.func.count())
+            .where(jobs.c.status.in_((*CLAIMABLE_STATUSES, *ACTIVE_STATUSES, S.DEAD_LETTER.value)))
+            .group_by(jobs.c.type, jobs.c.status, jobs.c.priority)
+        )
+        with self._tx(write=False) as conn:
+            return [(t, s, Priority(p), int(n)) for t, s, p, n in conn.execute(query)]
+
+    def check_schema(self) -> None:
+        from orchestrator import migrate
+
+        try:
+            migrate.check_at_head(self.engine)
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            raise StoreUnavailable(f"database error: {exc.orig or exc}") from exc
 
     def get_state(self, name: str) -> str | None:
         with self._tx(write=False) as conn:

@@ -57,6 +57,10 @@ class Streams(Protocol):
         deleted entries were acked."""
         ...
 
+    def pending_counts(self) -> dict[str, int]:
+        """Entries delivered but not yet acked, by job stream (streams with a group only)."""
+        ...
+
     def stream_of(self, dispatch: Dispatch) -> str:
         """The stream a dispatch is published on."""
         ...

@@ -238,6 +238,19 @@ class RedisStreams:
             if not self.client.xrange(stream, p["message_id"], p["message_id"])
         ]
 
+    def pending_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for stream, job_type, _ in self.job_streams():
+            with self._guard():
+                try:
+                    summary: Any = self.client.xpending(stream, self.keys.group(job_type))
+                except redis.ResponseError as exc:
+                    if not _missing_group(exc):
+                        raise
+                    continue
+            counts[stream] = int(summary["pending"])
+        return counts
+
     def stream_of(self, dispatch: Dispatch) -> str:
         return self.keys.stream(dispatch.type, dispatch.priority)
 
