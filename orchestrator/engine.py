@@ -51,6 +51,8 @@ class Engine:
         self._outage: str | None = None
         self._epoch: str | None = None
         self._next_reclaim = 0.0
+        self._next_relay = 0.0
+        self._leading_since: float | None = None
 
     @property
     def leading(self) -> bool:
@@ -104,11 +106,22 @@ class Engine:
         """One turn of the loop: keep or seek the leadership; lead if we have it."""
         if not self.election.check(self.clock.now()):
             self._epoch = None  # a new leadership re-checks Redis against the database
+            self._leading_since = None
             return
+        now = time.monotonic()
+        if self._leading_since is None:
+            self._leading_since = now
         self.tick()
-        if time.monotonic() >= self._next_reclaim:
-            self._next_reclaim = time.monotonic() + self.settings.reclaim_interval_s
-            self.reclaimer.reclaim()
+        if now >= self._next_reclaim:
+            self._next_reclaim = now + self.settings.reclaim_interval_s
+            relay = now >= self._next_relay
+            if relay:
+                self._next_relay = now + self.settings.relay_interval_s
+            # Heartbeats are judged only once this leadership has lasted a visibility timeout:
+            # a leadership gained after a database outage (the election drops it on any
+            # database error) must give live workers time to heartbeat again first.
+            judge = now - self._leading_since >= self.settings.visibility_timeout_s
+            self.reclaimer.reclaim(judge_heartbeats=judge, relay=relay)
 
     def run(self) -> None:
         """Step until stopped, riding out database and Redis outages."""
@@ -122,9 +135,9 @@ class Engine:
                         extra={"event": "engine_recovered"},
                     )
                     self._outage = None
-                    # Workers could not heartbeat either: give them a visibility timeout to
-                    # do so before judging their jobs lost.
-                    self._next_reclaim = time.monotonic() + self.settings.visibility_timeout_s
+                    # Workers could not heartbeat either: judge heartbeats only after a
+                    # visibility timeout from now.
+                    self._leading_since = time.monotonic() if self.leading else None
             except Unavailable as exc:
                 if self._outage is None:  # once per outage, not once per tick
                     logger.error("engine paused: %s", exc, extra={"event": "engine_outage"})

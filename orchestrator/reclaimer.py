@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from orchestrator.clock import Clock
 from orchestrator.errors import Unavailable
@@ -70,12 +70,18 @@ class Reclaimer:
         self.settings = settings
         self.clock = clock
         self.metrics = metrics or Metrics()
+        # Where the relay's check goes on next pass: old waiting jobs must not hide new ones.
+        self._relay_cursor: tuple[datetime, str] | None = None
 
-    def reclaim(self) -> ReclaimReport:
+    def reclaim(self, *, judge_heartbeats: bool = True, relay: bool = True) -> ReclaimReport:
+        """One pass. The leader skips the heartbeat check until its leadership has lasted a
+        visibility timeout, and runs the relay's check less often (it reads whole streams)."""
         report = ReclaimReport()
-        self._stale_attempts(report)
+        if judge_heartbeats:
+            self._stale_attempts(report)
         self._stale_messages(report)
-        self._lost_messages(report)
+        if relay:
+            self._lost_messages(report)
         try:
             for job_type in {t for _, t, _ in self.streams.job_streams()}:
                 self.streams.prune_consumers(job_type, int(self.settings.consumer_idle_s * 1000))
@@ -151,7 +157,9 @@ class Reclaimer:
     def _lost_messages(self, report: ReclaimReport) -> None:
         now = self.clock.now()
         cutoff = now - timedelta(seconds=self.settings.relay_grace_s)
-        waiting = self.store.waiting_published_before(cutoff, self.settings.relay_batch)
+        waiting, self._relay_cursor = self.store.waiting_published_before(
+            cutoff, self.settings.relay_batch, after=self._relay_cursor
+        )
         by_stream: dict[str, list[Dispatch]] = {}
         for d in waiting:
             by_stream.setdefault(self.streams.stream_of(d), []).append(d)
@@ -159,5 +167,13 @@ class Reclaimer:
         for stream, dispatches in by_stream.items():
             present = self.streams.dispatches_in(stream)
             missing += [d for d in dispatches if (d.job_id, d.attempt) not in present]
-        self._publish(missing)
-        report.republished += len(missing)
+        # A job claimed, finished and acked during the scan looks missing too: only one still
+        # waiting at the same attempt lost its message.
+        states = self.store.job_attempts([d.job_id for d in missing])
+        lost = [
+            d
+            for d in missing
+            if (s := states.get(d.job_id)) and s[0] in CLAIMABLE_STATUSES and s[1] == d.attempt - 1
+        ]
+        self._publish(lost)
+        report.republished += len(lost)

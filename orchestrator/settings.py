@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     relay_grace_s: float = Field(
         10.0, ge=0, description="Age after which a waiting job's message must be in Redis."
     )
+    relay_interval_s: float = Field(
+        30.0, gt=0, description="How often the leader checks that waiting jobs' messages exist."
+    )
     relay_batch: int = Field(
         10000, ge=1, description="Most waiting jobs the relay checks in one pass."
     )

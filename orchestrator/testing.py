@@ -29,5 +29,8 @@ class FakeElection:
     def current(self) -> Leadership:
         return Leadership(self.instance_id if self._leading else None, 1, self._since, None)
 
+    def someone_leads(self, now: datetime) -> bool:
+        return self._leading
+
     def resign(self, now: datetime) -> None:
         self._leading = False

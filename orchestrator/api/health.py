@@ -42,11 +42,7 @@ def ready(request: Request) -> Any:
     except OrchestratorError as exc:
         checks["redis"] = exc.message
     try:
-        leadership = services.engine.election.current()
-        now = services.clock.now()
-        leads = leadership.leader_id is not None and (
-            leadership.expires_at is None or leadership.expires_at >= now
-        )
+        leads = services.engine.election.someone_leads(services.clock.now())
         checks["leader"] = "ok" if leads else "no replica leads"
     except OrchestratorError as exc:
         checks["leader"] = exc.message

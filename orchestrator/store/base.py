@@ -74,8 +74,11 @@ class Store(Protocol):
         on to another attempt (or status) is left alone, so its new attempt still goes out."""
         ...
 
-    def waiting_published_before(self, cutoff: datetime, limit: int) -> list[Dispatch]:
-        """Waiting jobs published before `cutoff`, oldest first (for the relay's check)."""
+    def waiting_published_before(
+        self, cutoff: datetime, limit: int, after: tuple[datetime, str] | None = None
+    ) -> tuple[list[Dispatch], tuple[datetime, str] | None]:
+        """A page of the waiting jobs published before `cutoff`, oldest first, after the
+        cursor `after`; and the cursor of the next page (None at the end)."""
         ...
 
     def unpublish_waiting(self) -> int:

@@ -27,7 +27,14 @@ def create_engine(url: str, *, sqlite_busy_timeout_ms: int = 15000) -> Engine:
         max_overflow=20,
         # Conditional updates need no gap locks; READ COMMITTED avoids their deadlocks.
         isolation_level="READ COMMITTED",
-        connect_args={"charset": "utf8mb4"},
+        # A server that stops answering without closing the connection must not hang a
+        # request, a probe or the leader's loop until the TCP timeout.
+        connect_args={
+            "charset": "utf8mb4",
+            "connect_timeout": 10,
+            "read_timeout": 30,
+            "write_timeout": 30,
+        },
     )
 
 

@@ -49,6 +49,10 @@ class Election(Protocol):
 
     def current(self) -> Leadership: ...
 
+    def someone_leads(self, now: datetime) -> bool:
+        """Whether any instance holds the leadership now (for readiness)."""
+        ...
+
     def resign(self, now: datetime) -> None:
         """Give the leadership up (on shutdown), so a standby takes it at once."""
         ...
@@ -72,6 +76,10 @@ class _RowElection:
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
             raise StoreUnavailable(f"database error: {exc.orig or exc}") from exc
         return Leadership(row.leader_id, row.epoch, row.since, row.expires_at)
+
+    def someone_leads(self, now: datetime) -> bool:
+        current = self.current()
+        return current.expires_at is not None and current.expires_at >= now
 
     def _take(self, conn: Connection, now: datetime, *, only_if_expired: bool) -> bool:
         """Record this instance as leader with the next epoch."""
@@ -161,6 +169,17 @@ class LockElection(_RowElection):
         super().__init__(engine, instance_id, ttl_s)
         self.lock_name = lock_name
         self._conn: Connection | None = None
+
+    def someone_leads(self, now: datetime) -> bool:
+        """The lock itself says, not the row: a leader busy in a long step renews it late."""
+        try:
+            with self.engine.connect() as conn:
+                holder = conn.execute(
+                    sa.text("SELECT IS_USED_LOCK(:name)"), {"name": self.lock_name}
+                ).scalar()
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            raise StoreUnavailable(f"database error: {exc.orig or exc}") from exc
+        return holder is not None
 
     def _connection(self) -> Connection:
         if self._conn is None:

@@ -135,20 +135,22 @@ class SqlJobs(SqlBase):
                     .values(published_at=now)
                 )
 
-    def waiting_published_before(self, cutoff: datetime, limit: int) -> list[Dispatch]:
-        """Waiting jobs whose message went out before `cutoff`, oldest first: the relay checks
-        that their messages still exist."""
+    def waiting_published_before(
+        self, cutoff: datetime, limit: int, after: tuple[datetime, str] | None = None
+    ) -> tuple[list[Dispatch], tuple[datetime, str] | None]:
         query = (
-            sa.select(jobs.c.id, jobs.c.type, jobs.c.priority, jobs.c.attempts)
+            sa.select(jobs.c.id, jobs.c.type, jobs.c.priority, jobs.c.attempts, jobs.c.published_at)
             .where(jobs.c.status.in_(CLAIMABLE_STATUSES), jobs.c.published_at < cutoff)
-            .order_by(jobs.c.published_at)
+            .order_by(jobs.c.published_at, jobs.c.id)
             .limit(limit)
         )
+        if after is not None:
+            query = query.where(sa.tuple_(jobs.c.published_at, jobs.c.id) > sa.tuple_(*after))
         with self._tx(write=False) as conn:
-            return [
-                Dispatch(r.id, r.type, Priority(r.priority), r.attempts + 1)
-                for r in conn.execute(query)
-            ]
+            rows = conn.execute(query).all()
+        page = [Dispatch(r.id, r.type, Priority(r.priority), r.attempts + 1) for r in rows]
+        cursor = (rows[-1].published_at, rows[-1].id) if len(rows) == limit else None
+        return page, cursor
 
     def unpublish_waiting(self) -> int:
         with self._tx(write=True) as conn:

@@ -288,3 +288,42 @@ def test_hygiene__dead_consumer_removed_only_after_its_entries_were_claimed(
         assert client.xlen(stream) == 0  # acked entries are deleted
     finally:
         system.close()
+
+
+def test_engine__new_leadership_waits_a_visibility_timeout_before_judging_heartbeats(
+    fast: System,
+) -> None:
+    from orchestrator.engine import Engine
+
+    job_id = fast.submit(type="record")
+    _claim_and_abandon(fast, job_id)
+    time.sleep(0.4)  # stale by now, but a new leader cannot tell a dead worker from an outage
+    s = fast.services
+    engine = Engine(s.store, s.streams, s.settings, s.clock, FakeElection(), s.reclaimer)
+    engine.step()
+    assert fast.job(job_id)["status"] == "running"
+    time.sleep(0.35)  # the leadership has now lasted a visibility timeout
+    engine._next_reclaim = 0.0
+    engine.step()
+    assert fast.job(job_id)["status"] == "pending"
+
+
+def test_relay__pages_past_a_backlog_larger_than_one_batch(backend_factory: object) -> None:
+    system = System(backend_factory(relay_grace_s=0.1, relay_batch=5))  # type: ignore[operator]
+    system.services.engine.stop()
+    try:
+        system.client.post("/jobs/submit_batch", json={"jobs": [{"type": "other"}] * 12})
+        time.sleep(0.02)
+        lost = system.submit(type="record")
+        client = system.backend.make_redis()
+        stream = system.backend.keys.stream("record")
+        [(entry_id, _)] = client.xrange(stream)
+        client.xdel(stream, entry_id)
+        time.sleep(0.2)
+        republished = 0
+        for _ in range(4):  # 13 waiting jobs, 5 a pass: the cursor reaches the lost one
+            republished += system.services.reclaimer.reclaim().republished
+        assert republished == 1
+        assert [f["job_id"] for _, f in client.xrange(stream)] == [lost]
+    finally:
+        system.close()
