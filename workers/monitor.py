@@ -52,12 +52,14 @@ class Monitor:
         settings: Callable[[], Settings],
         running: Callable[[], list[Running]],
         on_outage: Callable[[Exception], None],
+        touch_buffered: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self._settings = settings
         self._running = running
         self._on_outage = on_outage
+        self._touch_buffered = touch_buffered
 
     def run(self, stopped: threading.Event) -> None:
         next_beat = 0.0
@@ -75,6 +77,11 @@ class Monitor:
             stopped.wait(MONITOR_TICK_S)
 
     def heartbeat(self) -> None:
+        if self._touch_buffered is not None:
+            try:
+                self._touch_buffered()
+            except Unavailable as exc:
+                self._on_outage(exc)
         running = self._running()
         if not running:
             return

@@ -134,7 +134,12 @@ class Worker:
             for i in range(self.concurrency)
         ]
         monitor = Monitor(
-            self.store, self.clock, lambda: self.settings, self._running_now, self._note_outage
+            self.store,
+            self.clock,
+            lambda: self.settings,
+            self._running_now,
+            self._note_outage,
+            self._touch_buffered,
         )
         threads.append(
             threading.Thread(target=monitor.run, args=(self._stopped,), name="monitor", daemon=True)
@@ -395,6 +400,11 @@ class Worker:
                 "attempt": claim.attempt,
             },
         )
+
+    def _touch_buffered(self) -> None:
+        """Messages read ahead wait here while the slots are busy: keep them fresh."""
+        buffered = [item[2] for item in list(self._buffer)]
+        self.streams.touch(self.id, buffered)
 
     def _running_now(self) -> list[Running]:
         with self._cond:

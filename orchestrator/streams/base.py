@@ -37,6 +37,11 @@ class Streams(Protocol):
         """Acknowledge and delete handled messages (one round trip)."""
         ...
 
+    def touch(self, consumer: str, deliveries: Sequence[Delivery]) -> None:
+        """Reset the idle time of messages this consumer holds but has not started yet, so
+        the reclaimer does not take them from a live worker."""
+        ...
+
     def requeue(self, deliveries: Sequence[Delivery]) -> None:
         """Put read-but-unstarted messages back at the end of their streams."""
         ...

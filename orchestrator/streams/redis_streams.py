@@ -294,6 +294,22 @@ class RedisStreams:
                 pipe.xdel(d.stream, d.entry_id)
             pipe.execute()
 
+    def touch(self, consumer: str, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        with self._guard():
+            pipe = self.client.pipeline(transaction=False)
+            for d in deliveries:
+                pipe.xclaim(
+                    d.stream,
+                    self.keys.group(d.dispatch.type),
+                    consumer,
+                    0,
+                    [d.entry_id],
+                    justid=True,
+                )
+            pipe.execute()
+
     def requeue(self, deliveries: Sequence[Delivery]) -> None:
         if not deliveries:
             return

@@ -327,3 +327,18 @@ def test_relay__pages_past_a_backlog_larger_than_one_batch(backend_factory: obje
         assert [f["job_id"] for _, f in client.xrange(stream)] == [lost]
     finally:
         system.close()
+
+
+def test_reclaim__leaves_messages_a_busy_live_worker_has_read_ahead(fast: System) -> None:
+    blocker = fast.submit(type="block")
+    waiting = fast.submit(type="record")
+    fast.start_worker(concurrency=1, settings=fast.settings)  # reads both; runs one
+    fast.wait_status(blocker, "running")
+    for _ in range(3):  # 0.6 s: twice the visibility timeout
+        time.sleep(0.2)
+        assert fast.client.post("/control/reclaim").json()["requeued"] == 0
+    assert fast.job(waiting)["status"] == "pending"
+    fast.recorder.release.set()
+    assert fast.wait_status(waiting)["status"] == "done"
+    assert fast.recorder.count(waiting) == 1
+    assert fast.stream_len("record") == 0
