@@ -9,8 +9,10 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_e
 
 from orchestrator.clock import Clock
 from orchestrator.errors import Unavailable
-from orchestrator.jobs import Claim, Dispatch, JobStatus
+from orchestrator.jobs import Claim, Dispatch, JobStatus, retry_delay_s
+from orchestrator.settings import Settings
 from orchestrator.store import Outcome, Store
+from orchestrator.store.codec import dumps
 from orchestrator.streams import Delivery, Streams
 
 logger = logging.getLogger(__name__)
@@ -30,10 +32,42 @@ def _retrying() -> Retrying:
 
 
 class OutcomeRecorder:
-    def __init__(self, store: Store, streams: Streams, clock: Clock) -> None:
+    def __init__(self, store: Store, streams: Streams, clock: Clock, settings: Settings) -> None:
         self.store = store
         self.streams = streams
         self.clock = clock
+        self.settings = settings
+
+    def record(self, claim: Claim, delivery: Delivery, status: str, value: Any) -> bool:
+        """Record what a handler did ("ok" with its result, "timeout", "cancelled", or
+        "error" with its message), then ack. False if it could not be committed."""
+        if status == "ok":
+            try:
+                size = len(dumps(value).encode())
+            except (TypeError, ValueError) as exc:
+                status, value = "error", f"result is not JSON-serialisable: {exc}"
+            else:
+                if size > self.settings.max_result_bytes:
+                    limit = self.settings.max_result_bytes
+                    status, value = "error", f"result is {size} bytes; the limit is {limit}"
+        if status == "ok":
+            outcome = self.complete(claim, value)
+        else:
+            error = {
+                "timeout": f"timed out after {claim.job.timeout_s:g}s",
+                "cancelled": "cancelled",
+            }.get(status, value)
+            outcome = self.fail(claim, error, self.retry_delay(claim))
+        if outcome is None:
+            return False
+        _log(claim, outcome)
+        self.ack(delivery)
+        return True
+
+    def retry_delay(self, claim: Claim) -> float:
+        return retry_delay_s(
+            claim.attempt, self.settings.retry_backoff_base_s, self.settings.retry_backoff_max_s
+        )
 
     def complete(self, claim: Claim, result: Any) -> Outcome | None:
         return self._record(claim, lambda: self.store.complete_job(claim, result, self.clock.now()))
@@ -91,3 +125,21 @@ class OutcomeRecorder:
                 exc,
                 extra={"event": "ack_failed", "job_id": delivery.dispatch.job_id},
             )
+
+
+def _log(claim: Claim, outcome: Outcome) -> None:
+    if outcome.status is None:
+        return  # fenced: the store logged the rejection
+    level = logging.INFO if outcome.status.value in ("done", "cancelled") else logging.WARNING
+    logger.log(
+        level,
+        "job %s attempt %d: %s",
+        claim.job.id,
+        claim.attempt,
+        outcome.status.value,
+        extra={
+            "event": "job_" + outcome.status.value,
+            "job_id": claim.job.id,
+            "attempt": claim.attempt,
+        },
+    )

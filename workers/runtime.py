@@ -30,7 +30,7 @@ from orchestrator.errors import (
 from orchestrator.ids import new_token
 from orchestrator.jobs import Claim, retry_delay_s
 from orchestrator.settings import Settings
-from orchestrator.store import Outcome, Store
+from orchestrator.store import Store
 from orchestrator.store.codec import dumps
 from orchestrator.streams import Delivery, Streams
 from workers.context import JobCancelled, JobContext, JobInterrupted, JobTimeout
@@ -70,7 +70,7 @@ class Worker:
             registry.get(job_type)  # fail now, not at the first job
         self.concurrency = concurrency or settings.worker_concurrency
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{new_token()[:6]}"
-        self.outcomes = OutcomeRecorder(store, streams, self.clock)
+        self.outcomes = OutcomeRecorder(store, streams, self.clock, settings)
 
         self._stopping = threading.Event()
         self._stopped = threading.Event()
@@ -269,7 +269,8 @@ class Worker:
                     self._cond.notify_all()
                 return  # shutdown gave the job back; its outcome is no longer ours
         try:
-            self._record(running, status, value)
+            if self.outcomes.record(claim, delivery, status, value):
+                self.completed += 1
         except Exception as exc:
             # Never leave a finished attempt running: record a failure that cannot itself fail.
             logger.exception(
@@ -353,53 +354,6 @@ class Worker:
                 self._running.pop(running.claim.token, None)
         assert outcome is not None
         return outcome
-
-    def _record(self, running: Running, status: str, value: Any) -> None:
-        claim = running.claim
-        job = claim.job
-        if status == "ok":
-            try:
-                size = len(dumps(value).encode())
-            except (TypeError, ValueError) as exc:
-                status, value = "error", f"result is not JSON-serialisable: {exc}"
-            else:
-                if size > self.settings.max_result_bytes:
-                    status, value = (
-                        "error",
-                        (f"result is {size} bytes; the limit is {self.settings.max_result_bytes}"),
-                    )
-        if status == "ok":
-            outcome = self.outcomes.complete(claim, value)
-        else:
-            error = {
-                "timeout": f"timed out after {job.timeout_s:g}s",
-                "cancelled": "cancelled",
-            }.get(status, value)
-            delay = retry_delay_s(
-                claim.attempt, self.settings.retry_backoff_base_s, self.settings.retry_backoff_max_s
-            )
-            outcome = self.outcomes.fail(claim, error, delay)
-        self._log_outcome(claim, outcome)
-        if outcome is not None:
-            self.outcomes.ack(running.delivery)
-            self.completed += 1
-
-    def _log_outcome(self, claim: Claim, outcome: Outcome | None) -> None:
-        if outcome is None or outcome.status is None:
-            return
-        level = logging.INFO if outcome.status.value in ("done", "cancelled") else logging.WARNING
-        logger.log(
-            level,
-            "job %s attempt %d: %s",
-            claim.job.id,
-            claim.attempt,
-            outcome.status.value,
-            extra={
-                "event": "job_" + outcome.status.value,
-                "job_id": claim.job.id,
-                "attempt": claim.attempt,
-            },
-        )
 
     def _touch_buffered(self) -> None:
         """Messages read ahead wait here while the slots are busy: keep them fresh."""
