@@ -71,9 +71,14 @@ def test_metrics__queue_depth_submits_and_leader_move(system: System) -> None:
     assert samples[("gpu_orchestrator_scrape_error", (("backend", "database"),))] == 0
 
     system.start_worker()
-    wait_until(lambda: (depth, pending) not in scrape(system), 10, "the queue to drain")
-    after = scrape(system)
-    assert not any(name == depth and value for (name, _), value in after.items())
+
+    def drained() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+        samples = scrape(system)
+        busy = any(name == depth and value for (name, _), value in samples.items())
+        return None if busy else samples
+
+    after = wait_until(drained, 10, "every echo job to finish")
+    assert (depth, pending) not in after
     assert (
         after[
             ("gpu_orchestrator_stream_pending", (("stream", system.backend.keys.stream("echo")),))
