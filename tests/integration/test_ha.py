@@ -134,13 +134,23 @@ def test_reclaim__last_attempt_is_dead_lettered_with_a_dlq_copy(fast: System) ->
     assert [e[1]["job_id"] for e in entries] == [job_id]
 
 
-def test_reclaim__long_job_that_heartbeats_is_never_reclaimed(fast: System) -> None:
-    settings = fast.settings.model_copy(update={"heartbeat_interval_s": 0.05})
-    fast.start_worker(settings=settings)
+@pytest.fixture
+def roomy(backend_factory: object) -> System:  # type: ignore[misc]
+    """Live workers heartbeat every 0.1 s against a 1 s visibility timeout: room for a
+    loaded CI machine to stall a thread without a false reclaim."""
+    system = System(backend_factory(visibility_timeout_s=1.0, heartbeat_interval_s=0.1))  # type: ignore[operator]
+    system.services.engine.stop()
+    yield system
+    system.close()
+
+
+def test_reclaim__long_job_that_heartbeats_is_never_reclaimed(roomy: System) -> None:
+    fast = roomy
+    fast.start_worker()
     job_id = fast.submit(type="block")
     fast.wait_status(job_id, "running")
     for _ in range(4):  # 4 passes over > 3 visibility timeouts
-        time.sleep(0.3)
+        time.sleep(0.8)
         assert fast.client.post("/control/reclaim").json()["requeued"] == 0
     fast.recorder.release.set()
     job = fast.wait_status(job_id)
@@ -329,13 +339,14 @@ def test_relay__pages_past_a_backlog_larger_than_one_batch(backend_factory: obje
         system.close()
 
 
-def test_reclaim__leaves_messages_a_busy_live_worker_has_read_ahead(fast: System) -> None:
+def test_reclaim__leaves_messages_a_busy_live_worker_has_read_ahead(roomy: System) -> None:
+    fast = roomy
     blocker = fast.submit(type="block")
     waiting = fast.submit(type="record")
-    fast.start_worker(concurrency=1, settings=fast.settings)  # reads both; runs one
+    fast.start_worker(concurrency=1)  # reads both; runs one
     fast.wait_status(blocker, "running")
-    for _ in range(3):  # 0.6 s: twice the visibility timeout
-        time.sleep(0.2)
+    for _ in range(3):  # 2.4 s: over twice the visibility timeout
+        time.sleep(0.8)
         assert fast.client.post("/control/reclaim").json()["requeued"] == 0
     assert fast.job(waiting)["status"] == "pending"
     fast.recorder.release.set()
