@@ -12,6 +12,9 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
+from orchestrator import cli_fleet, cli_gpu, cli_models
+from orchestrator.cli_support import api as _api
+from orchestrator.cli_support import show as _show
 from orchestrator.errors import OrchestratorError
 from orchestrator.logconfig import configure_logging
 from orchestrator.settings import Settings
@@ -41,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run a worker process")
     worker.add_argument("--types", type=_csv, help="job types to serve (default: all handlers)")
     worker.add_argument("--concurrency", type=int, help="handler threads (ORCH_WORKER_CONCURRENCY)")
+    worker.add_argument(
+        "--pool",
+        help="the worker pool it belongs to; its job types and concurrency by default",
+    )
     worker.add_argument(
         "--import",
         dest="imports",
@@ -77,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("reclaim", help="run one reclaim pass now")
     sub.add_parser("leader", help="show which replica leads")
+    # Each area adds its own commands, with a `handler` default (see `_dispatch`).
+    for area in (cli_gpu, cli_fleet, cli_models):
+        area.add_commands(sub)
     return parser
 
 
@@ -108,10 +118,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`orchestrator leases | head`): not an error of ours.
+        sys.stderr.close()
+        return 0
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     command: str = args.command
+    handler = getattr(args, "handler", None)
+    if handler is not None:
+        result: int = handler(args, settings)
+        return result
     if command == "up":
         from orchestrator.up import up
 
@@ -133,7 +151,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from workers.main import run_worker
 
         return run_worker(
-            settings, job_types=args.types, concurrency=args.concurrency, imports=args.imports
+            settings,
+            job_types=args.types,
+            concurrency=args.concurrency,
+            imports=args.imports,
+            pool=args.pool,
         )
     if command == "db":
         return _db(args.db_command, settings)
@@ -167,19 +189,6 @@ def _db(action: str, settings: Settings) -> int:
     return 0
 
 
-def _api(settings: Settings, method: str, path: str, body: Any = None) -> Any:
-    url = settings.resolved_api_url().rstrip("/") + path
-    response = httpx.request(method, url, json=body, timeout=30)
-    try:
-        data = response.json()
-    except ValueError:
-        text = " ".join(response.text.split())
-        data = {"message": f"not an orchestrator answer: {text[:200]}"}
-    if response.status_code >= 400:
-        raise OrchestratorError(f"{response.status_code} {data.get('message', data)}")
-    return data
-
-
 def _dlq(args: argparse.Namespace, settings: Settings) -> int:
     if args.dlq_command == "replay":
         for job_id in args.job_ids:
@@ -200,11 +209,6 @@ def _dlq(args: argparse.Namespace, settings: Settings) -> int:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
-
-
-def _show(data: Any) -> int:
-    print(json.dumps(data, indent=2))
-    return 0
 
 
 def _submit(args: argparse.Namespace, settings: Settings) -> int:

@@ -4,6 +4,9 @@
   backoff, jobs whose publish failed) and, when Redis turns out to have lost its data, has
   every waiting job published again (DESIGN invariant 1).
 - The reclaimer (every `reclaim_interval_s`): see `orchestrator.reclaimer`.
+- The pool policy (right after each reclaim pass): see `orchestrator.pool_policy`.
+- The lease sweep (every `lease_sweep_interval_s`): expires leases that were not
+  heartbeated and grants waiting requests in policy order (`orchestrator.lease_service`).
 
 Every action is a conditional update or a harmless duplicate message, so two engines that
 briefly overlap during a failover do no harm (DESIGN invariant 5).
@@ -17,6 +20,8 @@ import time
 
 from orchestrator.clock import Clock
 from orchestrator.errors import Unavailable
+from orchestrator.lease_service import LeaseService
+from orchestrator.pool_policy import PoolPolicy
 from orchestrator.reclaimer import Reclaimer
 from orchestrator.settings import Settings
 from orchestrator.store import Store
@@ -39,6 +44,8 @@ class Engine:
         clock: Clock,
         election: Election,
         reclaimer: Reclaimer,
+        pool_policy: PoolPolicy | None = None,
+        leases: LeaseService | None = None,
     ) -> None:
         self.store = store
         self.streams = streams
@@ -46,6 +53,9 @@ class Engine:
         self.clock = clock
         self.election = election
         self.reclaimer = reclaimer
+        self.pool_policy = pool_policy
+        self.leases = leases
+        self._next_sweep = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._outage: str | None = None
@@ -111,6 +121,11 @@ class Engine:
         now = time.monotonic()
         if self._leading_since is None:
             self._leading_since = now
+        # Leases need the database only: swept before the scheduler, which a Redis outage
+        # stops.
+        if self.leases is not None and now >= self._next_sweep:
+            self._next_sweep = now + self.settings.lease_sweep_interval_s
+            self.leases.sweep()
         self.tick()
         if now >= self._next_reclaim:
             self._next_reclaim = now + self.settings.reclaim_interval_s
@@ -121,7 +136,12 @@ class Engine:
             # a leadership gained after a database outage (the election drops it on any
             # database error) must give live workers time to heartbeat again first.
             judge = now - self._leading_since >= self.settings.visibility_timeout_s
-            self.reclaimer.reclaim(judge_heartbeats=judge, relay=relay)
+            try:
+                self.reclaimer.reclaim(judge_heartbeats=judge, relay=relay)
+            finally:
+                # Pools are sized from the database alone: a Redis outage must not stop it.
+                if self.pool_policy is not None:
+                    self.pool_policy.run(judge_heartbeats=judge)
 
     def run(self) -> None:
         """Step until stopped, riding out database and Redis outages."""

@@ -48,6 +48,14 @@ class JobFinished(Conflict):
     code = "job_finished"
 
 
+class PoolNotFound(NotFound):
+    code = "pool_not_found"
+
+
+class PoolExists(Conflict):
+    code = "pool_exists"
+
+
 class Unavailable(OrchestratorError):
     """A backing service (database, Redis) does not answer."""
 
@@ -60,6 +68,20 @@ class StoreUnavailable(Unavailable):
 
 class StreamsUnavailable(Unavailable):
     code = "redis_unavailable"
+
+
+class LeaseNotFound(NotFound):
+    code = "lease_not_found"
+
+
+class LeaseReleased(Conflict):
+    code = "lease_released"
+
+
+class LeaseExpired(OrchestratorError):
+    """The lease expired (or its wait timed out) before this request: take a new one."""
+
+    code = "lease_expired"
 
 
 class HandlerNotFound(OrchestratorError):

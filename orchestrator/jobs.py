@@ -50,6 +50,26 @@ class Priority(IntEnum):
 
 
 @dataclass(frozen=True)
+class GpuNeeds:
+    """The GPU lease a job's handler needs: `est_vram_mb` on each of `gpu_count` devices."""
+
+    est_vram_mb: int
+    gpu_count: int = 1
+    model_id: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "est_vram_mb": self.est_vram_mb,
+            "gpu_count": self.gpu_count,
+            "model_id": self.model_id,
+        }
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> GpuNeeds:
+        return cls(int(value["est_vram_mb"]), int(value.get("gpu_count", 1)), value.get("model_id"))
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """A validated request for one job, ready to store."""
 
@@ -62,6 +82,7 @@ class JobSpec:
     idempotency_key: str | None
     request_hash: str
     owner: str = "anonymous"
+    gpu: GpuNeeds | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +110,7 @@ class Job:
     error: str | None = None
     progress: Any = None
     cancel_requested: bool = False
+    gpu: GpuNeeds | None = None
 
     @property
     def is_terminal(self) -> bool:

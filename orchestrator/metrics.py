@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -37,6 +38,26 @@ class Metrics:
             "What reclaim passes did: requeued (a worker died or held a message), "
             "dead_lettered, republished (a message Redis lost).",
             ["outcome"],
+            registry=self.registry,
+        )
+        self.leases_granted = Counter(
+            f"{PREFIX}leases_granted_total", "GPU leases granted.", registry=self.registry
+        )
+        self.leases_denied = Counter(
+            f"{PREFIX}leases_denied_total",
+            "GPU lease requests denied (after any wait), by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.lease_expired = Counter(
+            f"{PREFIX}lease_expired_total",
+            "GPU leases that expired, not heartbeated within their ttl (counted by the leader).",
+            registry=self.registry,
+        )
+        self.lease_wait = Histogram(
+            f"{PREFIX}lease_wait_seconds",
+            "Time from a lease request to its grant.",
+            buckets=(0.001, 0.005, 0.025, 0.1, 0.5, 1, 2.5, 10, 30, 60, 300),
             registry=self.registry,
         )
 
@@ -75,16 +96,19 @@ class StateCollector(Collector):
             f"{PREFIX}dead_letter_jobs", "Dead-lettered jobs, by type.", labels=["type"]
         )
         dead_by_type: dict[str, float] = {}
+        gpu_families: list[GaugeMetricFamily] = []
         try:
             for job_type, status, band, count in self.store.queue_depths():
                 if status == JobStatus.DEAD_LETTER:
                     dead_by_type[job_type] = dead_by_type.get(job_type, 0.0) + float(count)
                 else:
                     depth.add_metric([job_type, status, band.label], float(count))
+            gpu_families = self._gpu_families()
             errors.add_metric(["database"], 0.0)
         except Unavailable as exc:
             logger.warning("metrics: %s", exc, extra={"event": "scrape_error"})
             errors.add_metric(["database"], 1.0)
+        yield from gpu_families
         yield depth
         for job_type, dead_count in sorted(dead_by_type.items()):
             dead.add_metric([job_type], dead_count)
@@ -103,3 +127,52 @@ class StateCollector(Collector):
             errors.add_metric(["redis"], 1.0)
         yield pending
         yield errors
+
+    def _gpu_families(self) -> list[GaugeMetricFamily]:
+        """Per-device gauges from the nodes' last reports, and the VRAM leased on each."""
+        labels = ["node", "gpu"]
+        total = GaugeMetricFamily(
+            f"{PREFIX}gpu_memory_total_mb", "Device memory, as last reported.", labels=labels
+        )
+        used = GaugeMetricFamily(
+            f"{PREFIX}gpu_memory_used_mb", "Device memory in use, as measured.", labels=labels
+        )
+        leased = GaugeMetricFamily(
+            f"{PREFIX}gpu_memory_leased_mb", "Device memory held by active leases.", labels=labels
+        )
+        util = GaugeMetricFamily(
+            f"{PREFIX}gpu_utilization_pct", "Device utilisation, as measured.", labels=labels
+        )
+        temp = GaugeMetricFamily(
+            f"{PREFIX}gpu_temperature_c", "Device temperature, as measured.", labels=labels
+        )
+        healthy = GaugeMetricFamily(
+            f"{PREFIX}gpu_healthy",
+            "1 if the device is healthy (not hot, NVML answering).",
+            labels=labels,
+        )
+        active = GaugeMetricFamily(
+            f"{PREFIX}leases_active", "Active GPU leases, by node.", labels=["node"]
+        )
+        held: dict[tuple[str, int], int] = {}
+        per_node: dict[str, int] = {}
+        now = datetime.now(UTC).replace(tzinfo=None)
+        for lease in self.store.list_leases():
+            if lease.node is None or not lease.is_live(now):
+                continue
+            per_node[lease.node] = per_node.get(lease.node, 0) + 1
+            for index in lease.devices:
+                held[(lease.node, index)] = held.get((lease.node, index), 0) + lease.est_vram_mb
+        for d in self.store.list_devices():
+            key = [d.node, str(d.index)]
+            total.add_metric(key, float(d.memory_total_mb))
+            used.add_metric(key, float(d.memory_used_mb))
+            leased.add_metric(key, float(held.get(d.key, 0)))
+            healthy.add_metric(key, 1.0 if d.health == "ok" else 0.0)
+            if d.utilization_gpu_pct is not None:
+                util.add_metric(key, d.utilization_gpu_pct)
+            if d.temperature_c is not None:
+                temp.add_metric(key, d.temperature_c)
+        for node, count in sorted(per_node.items()):
+            active.add_metric([node], float(count))
+        return [total, used, leased, util, temp, healthy, active]

@@ -119,6 +119,7 @@ class JobService:
             idempotency_key=request.idempotency_key,
             request_hash=request_hash(canonical),
             owner=owner,
+            gpu=request.gpu.needs() if request.gpu else None,
         )
 
     def get(self, job_id: str) -> Job:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -107,6 +109,77 @@ class Settings(BaseSettings):
     )
     up_workers: int = Field(2, ge=0, description="Worker processes that `orchestrator up` starts.")
 
+    # GPUs and leases.
+    node_name: str = Field(
+        "", max_length=128, description="This host's name in the GPU inventory. Empty: hostname."
+    )
+    gpu_backend: Literal["auto", "nvml", "simulated", "none"] = Field(
+        "auto",
+        description="Where GPUs come from. auto: NVML when it works, else the simulated "
+        "devices of ORCH_GPU_SIMULATE, else none (CPU only).",
+    )
+    gpu_simulate: str = Field(
+        "",
+        description="Simulated devices (MB each) when NVML or a GPU is absent: "
+        "'2x24576' or '24576,16384'.",
+    )
+    gpu_report_interval_s: float = Field(
+        5.0, gt=0, description="How often a node reports its GPUs to the database."
+    )
+    gpu_stale_s: float = Field(
+        30.0, gt=0, description="Devices not reported for this long get no new leases."
+    )
+    gpu_headroom_mb: int = Field(512, ge=0, description="VRAM never leased on any device.")
+    gpu_temp_limit_c: float = Field(
+        90.0, gt=0, description="A device hotter than this is degraded: no new leases."
+    )
+    mps_pipe_dir: Path = Field(
+        Path("/tmp/nvidia-mps"),
+        description="CUDA MPS pipe directory: MPS counts as on when it exists.",
+    )
+    lease_default_ttl_s: float = Field(60.0, gt=0, description="A lease's ttl_s by default.")
+    lease_max_ttl_s: float = Field(3600.0, gt=0, description="Largest lease ttl_s accepted.")
+    lease_max_wait_s: float = Field(
+        600.0, ge=0, description="Longest wait_s a lease request may queue for."
+    )
+    lease_sweep_interval_s: float = Field(
+        1.0, gt=0, description="How often the leader expires leases and grants waiting ones."
+    )
+    safe_mode: bool = Field(False, description="Grant no leases (503) and refuse policy changes.")
+    job_lease_wait_s: float = Field(
+        10.0,
+        ge=0,
+        description="How long a worker waits for a GPU job's lease before giving the job "
+        "back (it keeps its place in the lease queue).",
+    )
+    job_lease_retry_s: float = Field(
+        1.0, ge=0, description="Delay before a job given back for want of a lease is offered again."
+    )
+
+    # Models.
+    model_store: Path | None = Field(
+        None,
+        description="Root of the model files the preload handler warms. Empty: data_dir/models.",
+    )
+    model_loader: str = Field(
+        "",
+        description="'module:function' that loads a model's folder; empty: read its files.",
+    )
+    model_affinity_s: float = Field(
+        5.0,
+        ge=0,
+        description="How long a job for model M waits for a worker where M is warm before "
+        "any worker may take it.",
+    )
+
+    # Worker pools.
+    pool_max_total_workers: int = Field(
+        64, ge=0, description="Most worker processes all pools may want at once."
+    )
+    pool_reconcile_interval_s: float = Field(
+        2.0, gt=0, description="How often a node supervisor matches its pools' desired sizes."
+    )
+
     # Storage tuning.
     sqlite_busy_timeout_ms: int = Field(
         15000, ge=0, description="How long SQLite waits on a locked database."
@@ -141,6 +214,12 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'orchestrator.db').resolve()}"
+
+    def resolved_node_name(self) -> str:
+        return self.node_name or socket.gethostname()
+
+    def resolved_model_store(self) -> Path:
+        return (self.model_store or self.data_dir / "models").resolve()
 
     def embedded_redis_socket(self) -> Path:
         """Where the embedded Redis listens (a unix socket in data_dir)."""

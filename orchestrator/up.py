@@ -15,8 +15,10 @@ import uvicorn
 from orchestrator import migrate
 from orchestrator.api.app import create_app
 from orchestrator.errors import OrchestratorError
+from orchestrator.gpu import build_probe
 from orchestrator.settings import EMBEDDED, Settings
 from orchestrator.streams.embedded import EmbeddedRedis
+from orchestrator.telemetry import GpuReporter
 from orchestrator.wiring import build_services, build_store
 from workers.pool import LocalPool
 
@@ -44,6 +46,14 @@ def serve(settings: Settings, *, run_engine: bool = True) -> None:
     store = build_store(settings)
     migrate.check_at_head(store.engine)
     services = build_services(settings, store=store)
+    # Agents on this host lease its GPUs through the API: report them, if it has any.
+    reporter = None
+    probe = build_probe(settings)
+    if probe.read().devices:
+        reporter = GpuReporter(store, probe, settings, services.clock)
+        reporter.start()
+    else:
+        probe.close()
     try:
         server = _Server(
             uvicorn.Config(
@@ -56,6 +66,8 @@ def serve(settings: Settings, *, run_engine: bool = True) -> None:
         )
         server.run()
     finally:
+        if reporter is not None:
+            reporter.stop()
         services.close()
 
 

@@ -9,7 +9,10 @@ from dataclasses import dataclass
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.engine import Engine
 from orchestrator.ids import new_token
+from orchestrator.lease_service import LeaseService
 from orchestrator.metrics import Metrics
+from orchestrator.model_service import ModelService
+from orchestrator.pool_policy import PoolPolicy
 from orchestrator.reclaimer import Reclaimer
 from orchestrator.service import JobService
 from orchestrator.settings import Settings
@@ -25,7 +28,10 @@ class Services:
     streams: Streams
     clock: Clock
     jobs: JobService
+    models: ModelService
     reclaimer: Reclaimer
+    pool_policy: PoolPolicy
+    leases: LeaseService
     engine: Engine
     metrics: Metrics
 
@@ -64,15 +70,30 @@ def build_services(
         )
     metrics = Metrics()
     reclaimer = Reclaimer(store, streams, settings, clock, metrics)
-    engine = Engine(store, streams, settings, clock, election, reclaimer)
+    pool_policy = PoolPolicy(store, settings, clock)
+    leases = LeaseService(store, settings, clock, metrics)
+    engine = Engine(
+        store,
+        streams,
+        settings,
+        clock,
+        election,
+        reclaimer,
+        pool_policy=pool_policy,
+        leases=leases,
+    )
     metrics.watch(store, streams, lambda: engine.leading)
+    jobs = JobService(store, streams, settings, clock, metrics)
     return Services(
         settings=settings,
         store=store,
         streams=streams,
         clock=clock,
-        jobs=JobService(store, streams, settings, clock, metrics),
+        jobs=jobs,
+        models=ModelService(store, jobs, clock),
         reclaimer=reclaimer,
+        pool_policy=pool_policy,
+        leases=leases,
         engine=engine,
         metrics=metrics,
     )

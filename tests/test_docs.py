@@ -36,6 +36,12 @@ def test_metrics_doc__lists_every_metric() -> None:
         def pending_counts(self) -> dict[str, int]:
             return {}
 
+        def list_leases(self) -> list[object]:
+            return []
+
+        def list_devices(self) -> list[object]:
+            return []
+
     families = [*Metrics().registry.collect()]
     families += StateCollector(NoState(), NoState(), lambda: False).collect()  # type: ignore[arg-type]
     doc = (ROOT / "docs" / "metrics.md").read_text()

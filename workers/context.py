@@ -5,7 +5,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from workers.models import WarmModels
 
 
 class JobInterrupted(BaseException):
@@ -21,6 +25,32 @@ class JobCancelled(JobInterrupted):
     """The job was cancelled; a handler may raise this itself after seeing `ctx.cancelled`."""
 
 
+class JobLeaseLost(JobInterrupted):
+    """The job's GPU lease expired (its heartbeats failed): the devices are no longer ours."""
+
+
+@dataclass(frozen=True)
+class GpuAssignment:
+    """The devices a job's lease holds, on this worker's node."""
+
+    node: str
+    devices: tuple[int, ...]
+    lease_token: str
+    est_vram_mb: int
+
+    @property
+    def cuda_visible_devices(self) -> str:
+        return ",".join(str(i) for i in self.devices)
+
+    def env(self) -> dict[str, str]:
+        """Environment for a child process that runs CUDA code on these devices only.
+        NVML numbers devices in PCI bus order; CUDA must be told to do the same."""
+        return {
+            "CUDA_VISIBLE_DEVICES": self.cuda_visible_devices,
+            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        }
+
+
 class JobContext:
     """One attempt of one job, as its handler sees it."""
 
@@ -34,6 +64,8 @@ class JobContext:
         max_attempts: int,
         timeout_s: float,
         report_progress: Callable[[Any], None],
+        gpu: GpuAssignment | None = None,
+        models: WarmModels | None = None,
     ) -> None:
         self.id = job_id
         self.type = job_type
@@ -42,6 +74,11 @@ class JobContext:
         self.max_attempts = max_attempts
         self.timeout_s = timeout_s
         self._report_progress = report_progress
+        self.gpu = gpu
+        # This worker process's loaded models: `ctx.models.get(model_id)` (None outside a
+        # worker that has them, e.g. in a handler's unit test).
+        self.models = models
+        self.peak_vram_mb: int | None = None
         self._cancel = threading.Event()
         self.logger = logging.LoggerAdapter(
             logging.getLogger(f"workers.jobs.{job_type}"),
@@ -66,6 +103,11 @@ class JobContext:
         """Record progress (any JSON value, e.g. {"done": 3, "total": 10}); visible in
         GET /jobs/{id}. Also counts as a heartbeat."""
         self._report_progress(value)
+
+    def report_vram(self, used_mb: int) -> None:
+        """Tell the orchestrator how much VRAM the job uses now; the peak is recorded when
+        its lease is released."""
+        self.peak_vram_mb = max(self.peak_vram_mb or 0, int(used_mb))
 
     def _set_cancelled(self) -> None:
         self._cancel.set()

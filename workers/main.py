@@ -5,11 +5,16 @@ from __future__ import annotations
 import logging
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.gpu import build_probe
 from orchestrator.migrate import check_at_head
+from orchestrator.models import PRELOAD_JOB_TYPE
 from orchestrator.settings import EMBEDDED, Settings
+from orchestrator.telemetry import GpuReporter
 from orchestrator.wiring import build_store, build_streams
 from workers import builtin
+from workers.models import ModelAffinity, WarmModels
 from workers.pool import exit_with_pool_parent
+from workers.registration import pool_defaults
 from workers.registry import HandlerRegistry
 from workers.runtime import Worker
 
@@ -22,6 +27,7 @@ def run_worker(
     job_types: list[str] | None,
     concurrency: int | None,
     imports: list[str],
+    pool: str | None = None,
 ) -> int:
     exit_with_pool_parent()
     registry = HandlerRegistry()
@@ -36,11 +42,32 @@ def run_worker(
     streams = build_streams(settings)
     try:
         check_at_head(store.engine)
+        models = WarmModels(store, settings)
+        if PRELOAD_JOB_TYPE not in registry.types:  # an imported module's own handler wins
+            registry.register(PRELOAD_JOB_TYPE, models.preload)
+        if pool is not None:
+            job_types, concurrency = pool_defaults(store, settings, pool, job_types, concurrency)
         worker = Worker(
-            store, streams, registry, settings, job_types=job_types, concurrency=concurrency
+            store,
+            streams,
+            registry,
+            settings,
+            job_types=job_types,
+            concurrency=concurrency,
+            pool=pool,
+            models=models,
+            affinity=ModelAffinity(store, settings, warm=models),
         )
+        models.worker_id = worker.id
         worker.install_signal_handlers()
-        worker.run()
+        # This node's GPUs, reported while the worker runs: they are what its jobs lease.
+        reporter = GpuReporter(store, build_probe(settings), settings, worker.clock)
+        reporter.start()
+        try:
+            worker.run()
+        finally:
+            reporter.stop()
+        models.forget()  # its loaded models go with the process
     finally:
         streams.close()
         store.close()

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from orchestrator.clock import Clock
 from orchestrator.errors import Unavailable
 from orchestrator.jobs import Claim
+from orchestrator.leases import Lease
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from orchestrator.streams import Delivery
-from workers.context import JobCancelled, JobContext, JobInterrupted, JobTimeout
+from workers.context import JobCancelled, JobContext, JobInterrupted, JobLeaseLost, JobTimeout
 from workers.interrupt import raise_in_thread
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class Running:
     interrupted_at: float = 0.0
     finished: bool = False
     released: bool = False
+    lease: Lease | None = None  # the job's GPU lease, heartbeated with it
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -53,6 +55,8 @@ class Monitor:
         running: Callable[[], list[Running]],
         on_outage: Callable[[Exception], None],
         touch_buffered: Callable[[], None] | None = None,
+        *,
+        on_heartbeat: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -60,6 +64,8 @@ class Monitor:
         self._running = running
         self._on_outage = on_outage
         self._touch_buffered = touch_buffered
+        # Called every heartbeat, busy or idle (the worker's own row: workers/registration.py).
+        self._on_heartbeat = on_heartbeat
 
     def run(self, stopped: threading.Event) -> None:
         next_beat = 0.0
@@ -69,6 +75,8 @@ class Monitor:
                 if now >= next_beat:
                     next_beat = now + self._settings().heartbeat_interval_s
                     self.heartbeat()
+                    # After the jobs' heartbeat, which alone keeps them from being reclaimed.
+                    self.beat_callback()
                 self.enforce_limits(now)
             except Exception:
                 # Without this thread there are no heartbeats, time limits or cancels: never
@@ -87,9 +95,19 @@ class Monitor:
             return
         try:
             cancel = self.store.heartbeat([r.claim for r in running], self.clock.now())
+            leased = {r.lease.token: r.lease.ttl_s for r in running if r.lease is not None}
+            lost = self.store.renew_leases(leased, self.clock.now()) if leased else set()
         except Unavailable as exc:
             self._on_outage(exc)
             return
+        for r in running:
+            if r.lease is not None and r.lease.token in lost:
+                logger.error(
+                    "job %s: its GPU lease expired; stopping its handler",
+                    r.claim.job.id,
+                    extra={"event": "job_lease_lost", "job_id": r.claim.job.id},
+                )
+                interrupt(r, JobLeaseLost, time.monotonic())
         for r in running:
             if r.claim.token in cancel and r.cancel_deadline is None:
                 logger.info(
@@ -99,6 +117,14 @@ class Monitor:
                 )
                 r.ctx._set_cancelled()
                 r.cancel_deadline = time.monotonic() + self._settings().cancel_grace_s
+
+    def beat_callback(self) -> None:
+        if self._on_heartbeat is None:
+            return
+        try:
+            self._on_heartbeat()
+        except Unavailable as exc:
+            self._on_outage(exc)
 
     def enforce_limits(self, now: float) -> None:
         for r in self._running():

@@ -26,7 +26,7 @@ MAX_RESTART_DELAY_S = 30.0
 class LocalPool:
     def __init__(self, size: int, worker_args: list[str], env: dict[str, str]) -> None:
         self.size = size
-        self.command = [sys.executable, "-m", "orchestrator.cli", "worker", *worker_args]
+        self.command = worker_command(worker_args)
         self.env = {**env, PARENT_ENV: str(os.getpid())}
         self._procs: list[subprocess.Popen[bytes] | None] = [None] * size
         self._stop = threading.Event()
@@ -88,8 +88,7 @@ class LocalPool:
         live = [p for p in self._procs if p is not None and p.poll() is None]
         for proc in live:
             proc.send_signal(signal.SIGTERM)
-        # The grace period, then the time a worker may still spend recording outcomes.
-        deadline = time.monotonic() + grace_s + RECORD_FOR_S + 5
+        deadline = time.monotonic() + stop_deadline_s(grace_s)
         for proc in live:
             try:
                 proc.wait(max(0.0, deadline - time.monotonic()))
@@ -101,6 +100,17 @@ class LocalPool:
                 )
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def worker_command(worker_args: list[str]) -> list[str]:
+    """The command line of an `orchestrator worker` child process."""
+    return [sys.executable, "-m", "orchestrator.cli", "worker", *worker_args]
+
+
+def stop_deadline_s(grace_s: float) -> float:
+    """How long a stopping worker may take after its SIGTERM: the grace period, then the
+    time it may still spend recording outcomes."""
+    return grace_s + RECORD_FOR_S + 5
 
 
 def exit_with_pool_parent() -> None:

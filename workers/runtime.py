@@ -27,16 +27,29 @@ from orchestrator.errors import (
     StreamsUnavailable,
     Unavailable,
 )
+from orchestrator.fleet import WorkerRegistration
 from orchestrator.ids import new_token
 from orchestrator.jobs import Claim, retry_delay_s
+from orchestrator.lease_service import LeaseService
+from orchestrator.leases import Lease
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from orchestrator.store.codec import dumps
 from orchestrator.streams import Delivery, Streams
-from workers.context import JobCancelled, JobContext, JobInterrupted, JobTimeout
+from workers.context import (
+    GpuAssignment,
+    JobCancelled,
+    JobContext,
+    JobInterrupted,
+    JobLeaseLost,
+    JobTimeout,
+)
+from workers.gpu import JobGpus
 from workers.interrupt import clear_in_thread, raise_in_thread
+from workers.models import ModelAffinity, WarmModels
 from workers.monitor import Monitor, Running
 from workers.outcomes import RECORD_FOR_S, OutcomeRecorder
+from workers.registration import Registration
 from workers.registry import HandlerRegistry
 
 logger = logging.getLogger(__name__)
@@ -45,6 +58,7 @@ logger = logging.getLogger(__name__)
 CLAIM_RETRY_S = 1.0
 # Progress is a status line, not a result: it fits MariaDB's TEXT column.
 MAX_PROGRESS_BYTES = 60_000
+LEASE_LOST_ERROR = "its GPU lease expired (heartbeats failed): the devices were no longer ours"
 
 
 class Worker:
@@ -59,6 +73,9 @@ class Worker:
         job_types: list[str] | None = None,
         concurrency: int | None = None,
         worker_id: str | None = None,
+        pool: str | None = None,
+        models: WarmModels | None = None,
+        affinity: ModelAffinity | None = None,
     ) -> None:
         self.store = store
         self.streams = streams
@@ -71,6 +88,24 @@ class Worker:
         self.concurrency = concurrency or settings.worker_concurrency
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{new_token()[:6]}"
         self.outcomes = OutcomeRecorder(store, streams, self.clock, settings)
+        self.node = settings.resolved_node_name()
+        self.models = models
+        self.affinity = affinity
+        self.gpus = JobGpus(LeaseService(store, settings, self.clock), self.node, settings)
+        self.pool = pool
+        self.registration = Registration(
+            store,
+            self.clock,
+            WorkerRegistration(
+                id=self.id,
+                node=settings.resolved_node_name(),
+                pool=pool,
+                pid=os.getpid(),
+                job_types=list(self.job_types),
+                concurrency=self.concurrency,
+            ),
+            self._note_outage,
+        )
 
         self._stopping = threading.Event()
         self._stopped = threading.Event()
@@ -128,6 +163,9 @@ class Worker:
             self.concurrency,
             extra={"event": "worker_started", "worker": self.id},
         )
+        # Not retried here: a database outage must not hold up serving; the monitor's next
+        # heartbeat registers it.
+        self.registration.register()
         self._call_until_ok(lambda: self.streams.ensure_groups(self.job_types))
         threads = [
             threading.Thread(target=self._slot, name=f"slot-{i}", daemon=True)
@@ -140,6 +178,7 @@ class Worker:
             self._running_now,
             self._note_outage,
             self._touch_buffered,
+            on_heartbeat=self._beat_registration,
         )
         threads.append(
             threading.Thread(target=monitor.run, args=(self._stopped,), name="monitor", daemon=True)
@@ -152,7 +191,13 @@ class Worker:
         finally:
             self._drain()
             self._stopped.set()
+            self.registration.stop()
             logger.info("worker %s stopped", self.id, extra={"event": "worker_stopped"})
+
+    def _beat_registration(self) -> None:
+        """Each heartbeat: the worker's row, with the jobs it runs now."""
+        jobs = [r.claim.job.id for r in self._running_now()]
+        self.registration.beat(jobs, draining=self._stopping.is_set())
 
     # -- the main loop ----------------------------------------------------------------------
 
@@ -260,8 +305,23 @@ class Worker:
             )
             self.outcomes.ack(delivery)
             return
-        running = self._prepare(claim, delivery)
+        if self.affinity is not None and self.affinity.should_defer(claim.job, self.clock.now()):
+            # Its model is warm on another live node: leave the job to that node for a
+            # while. `available_at` stays, so the affinity window still ends.
+            model = claim.job.gpu.model_id if claim.job.gpu else None
+            self._give_back_unstarted(
+                claim, delivery, f"model {model} is warm on another node", delay_s=0.0
+            )
+            return
+        lease: Lease | None = None
+        if claim.job.gpu is not None:
+            lease = self._take_gpu(claim, delivery)
+            if lease is None:
+                return
+        running = self._prepare(claim, delivery, lease)
         status, value = self._run_handler(running)
+        if lease is not None:
+            self.gpus.release(lease, peak_vram_mb=running.ctx.peak_vram_mb, success=status == "ok")
         with running.lock:
             if running.released:
                 with self._cond:
@@ -289,7 +349,55 @@ class Worker:
             ):
                 self.outcomes.ack(delivery)
 
-    def _prepare(self, claim: Claim, delivery: Delivery) -> Running:
+    def _take_gpu(self, claim: Claim, delivery: Delivery) -> Lease | None:
+        """The claimed job's GPU lease on this node; None once the job was given back (no
+        room yet), failed (it can never fit here) or lost."""
+        outcome = None
+        try:
+            outcome = self.gpus.acquire(claim, abandon=self._stopping.is_set)
+            if outcome.granted:
+                lease = outcome.lease
+                assert lease is not None
+                detail = {"node": lease.node, "devices": list(lease.devices), "lease": lease.token}
+                if self.store.mark_running(claim, self.clock.now(), detail):
+                    return lease
+                # Reclaimed while we waited: a newer attempt owns the job.
+                self.gpus.release(lease, peak_vram_mb=None, success=False)
+                self.outcomes.ack(delivery)
+                return None
+        except Unavailable as exc:
+            self._note_outage(exc)
+        denial = outcome.denial if outcome is not None else None
+        if denial is not None and denial.final:
+            self.outcomes.record(
+                claim, delivery, "error", f"cannot get a GPU lease: {denial.message}"
+            )
+            return None
+        why = denial.message if denial is not None else "the database did not answer"
+        self._give_back_unstarted(claim, delivery, f"waiting for a GPU lease: {why}")
+        return None
+
+    def _give_back_unstarted(
+        self, claim: Claim, delivery: Delivery, reason: str, delay_s: float | None = None
+    ) -> None:
+        """Not started, not failed: the job is offered again after `delay_s` (default
+        `job_lease_retry_s`)."""
+        delay = self.settings.job_lease_retry_s if delay_s is None else delay_s
+        try:
+            self.store.release_job(claim, self.clock.now(), delay_s=delay, reason=reason)
+        except Unavailable as exc:
+            # Left claimed and unacked: the reclaimer requeues it after the visibility timeout.
+            self._note_outage(exc)
+            return
+        logger.info(
+            "job %s given back: %s",
+            claim.job.id,
+            reason,
+            extra={"event": "job_waits_for_gpu", "job_id": claim.job.id, "attempt": claim.attempt},
+        )
+        self.outcomes.ack(delivery)
+
+    def _prepare(self, claim: Claim, delivery: Delivery, lease: Lease | None = None) -> Running:
         job = claim.job
 
         def report(progress: Any) -> None:
@@ -306,6 +414,8 @@ class Worker:
             max_attempts=job.max_attempts,
             timeout_s=job.timeout_s,
             report_progress=report,
+            gpu=_assignment(lease, self.node),
+            models=self.models,
         )
         running = Running(
             claim=claim,
@@ -313,6 +423,7 @@ class Worker:
             ctx=ctx,
             thread_id=threading.get_ident(),
             deadline=time.monotonic() + job.timeout_s,
+            lease=lease,
         )
         logger.info(
             "job %s attempt %d started",
@@ -338,6 +449,8 @@ class Worker:
                 outcome = ("timeout", None)
             except JobCancelled:
                 outcome = ("cancelled", None)
+            except JobLeaseLost:
+                outcome = ("error", LEASE_LOST_ERROR)
             except (Exception, SystemExit) as exc:
                 outcome = ("error", _describe(exc))
             finally:
@@ -348,7 +461,10 @@ class Worker:
         except JobInterrupted as late:
             # The interrupt landed after the handler returned, before it was marked finished.
             if outcome is None:
-                outcome = ("timeout" if isinstance(late, JobTimeout) else "cancelled", None)
+                if isinstance(late, JobLeaseLost):
+                    outcome = ("error", LEASE_LOST_ERROR)
+                else:
+                    outcome = ("timeout" if isinstance(late, JobTimeout) else "cancelled", None)
         finally:
             with self._cond:
                 self._running.pop(running.claim.token, None)
@@ -437,6 +553,12 @@ class Worker:
                 exc,
                 extra={"event": "requeue_failed"},
             )
+
+
+def _assignment(lease: Lease | None, node: str) -> GpuAssignment | None:
+    if lease is None:
+        return None
+    return GpuAssignment(lease.node or node, lease.devices, lease.token, lease.est_vram_mb)
 
 
 def _describe(exc: BaseException) -> str:

@@ -8,8 +8,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from orchestrator import __version__
-from orchestrator.api import control, health, jobs
+from orchestrator.api import control, gpu, health, jobs, models, pools
 from orchestrator.api.errors import BodyLimit, install_error_handlers
+from orchestrator.api.lease_waits import LeaseWaits
 from orchestrator.wiring import Services
 
 
@@ -28,10 +29,14 @@ def create_app(services: Services, *, run_engine: bool = True) -> FastAPI:
 
     app = FastAPI(title="GPU orchestrator", version=__version__, lifespan=lifespan)
     app.state.services = services
+    app.state.lease_waits = LeaseWaits(services.leases)
     install_error_handlers(app)
     app.include_router(jobs.router)
     app.include_router(control.router)
     app.include_router(health.router)
+    app.include_router(gpu.router)
+    app.include_router(pools.router)
+    app.include_router(models.router)
 
     app.add_middleware(BodyLimit, max_bytes=services.settings.max_request_bytes)
     return app

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from orchestrator.errors import (
     Conflict,
     InvalidRequest,
+    LeaseExpired,
     NotFound,
     OrchestratorError,
     PayloadTooLarge,
@@ -27,6 +28,7 @@ STATUS_BY_ERROR: list[tuple[type[OrchestratorError], int]] = [
     (InvalidRequest, 422),
     (NotFound, 404),
     (Conflict, 409),
+    (LeaseExpired, 408),
     (Unavailable, 503),
 ]
 

@@ -7,10 +7,26 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from orchestrator.jobs import JOB_TYPE_PATTERN, Job, JobEvent
+from orchestrator.jobs import JOB_TYPE_PATTERN, GpuNeeds, Job, JobEvent
 
 PriorityLabel = Literal["critical", "high", "normal", "low"]
 JobType = Annotated[str, Field(pattern=JOB_TYPE_PATTERN.pattern, examples=["inference_jobs"])]
+
+
+class GpuRequest(BaseModel):
+    """The GPU lease a job's handler needs; a worker takes it on its node before the
+    handler runs, and releases it after."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    est_vram_mb: Annotated[int, Field(ge=1, le=16 << 20)] = Field(
+        description="VRAM needed on each device, in MB."
+    )
+    gpu_count: Annotated[int, Field(ge=1, le=16)] = 1
+    model_id: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+
+    def needs(self) -> GpuNeeds:
+        return GpuNeeds(self.est_vram_mb, self.gpu_count, self.model_id)
 
 
 class SubmitRequest(BaseModel):
@@ -26,6 +42,7 @@ class SubmitRequest(BaseModel):
     timeout_s: Annotated[float, Field(gt=0)] | None = None
     run_at: datetime | None = Field(None, description="ISO-8601; without an offset, UTC.")
     delay_s: Annotated[float, Field(ge=0, le=366 * 86400)] | None = None
+    gpu: GpuRequest | None = None
 
     @field_validator("run_at")
     @classmethod
@@ -88,6 +105,7 @@ class JobView(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     heartbeat_at: datetime | None
+    gpu: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, job: Job) -> JobView:
@@ -113,6 +131,7 @@ class JobView(BaseModel):
             started_at=utc(job.started_at),
             finished_at=utc(job.finished_at),
             heartbeat_at=utc(job.heartbeat_at),
+            gpu=job.gpu.as_dict() if job.gpu else None,
         )
 
 

@@ -8,6 +8,9 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from orchestrator.jobs import Claim, Dispatch, Job, JobEvent, JobSpec, JobStatus, Priority
+from orchestrator.store.fleet_base import FleetStore
+from orchestrator.store.gpu_base import GpuStore
+from orchestrator.store.model_base import ModelStore
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ class JobPage:
     next_cursor: str | None
 
 
-class Store(Protocol):
+class JobStore(Protocol):
     """Durable state of jobs. Every transition is one short conditional transaction."""
 
     def submit_jobs(self, specs: Sequence[JobSpec], now: datetime) -> list[Submitted]:
@@ -134,8 +137,15 @@ class Store(Protocol):
         `dead_letter`; `cancelled` when a cancel was asked for."""
         ...
 
-    def release_job(self, claim: Claim, now: datetime) -> Outcome:
-        """Give an unfinished attempt back (worker shutdown): `pending`, attempt not counted."""
+    def release_job(
+        self, claim: Claim, now: datetime, *, delay_s: float = 0.0, reason: str | None = None
+    ) -> Outcome:
+        """Give an unfinished attempt back (worker shutdown, no GPU lease yet): `pending`,
+        attempt not counted, offered again after `delay_s`."""
+        ...
+
+    def mark_running(self, claim: Claim, now: datetime, detail: dict[str, Any]) -> bool:
+        """A `claimed` job got its GPU lease and runs now; False if the claim was lost."""
         ...
 
     def queue_depths(self) -> list[tuple[str, str, Priority, int]]:
@@ -147,3 +157,7 @@ class Store(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class Store(JobStore, GpuStore, FleetStore, ModelStore, Protocol):
+    """Everything durable: jobs, GPUs and leases, the fleet (pools, workers), models."""

@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from orchestrator.jobs import Job, JobEvent, JobStatus, Priority
+from orchestrator.jobs import GpuNeeds, Job, JobEvent, JobStatus, Priority
 
 
 def dumps(value: Any) -> str:
@@ -40,6 +40,7 @@ def job_from_row(row: Mapping[Any, Any]) -> Job:
         error=row["error"],
         progress=loads(row["progress"]),
         cancel_requested=bool(row["cancel_requested"]),
+        gpu=GpuNeeds.from_dict(loads(row["gpu"])) if row["gpu"] else None,
     )
 
 

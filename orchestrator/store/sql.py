@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from orchestrator.store import dialect
 from orchestrator.store.sql_attempts import SqlAttempts
+from orchestrator.store.sql_fleet import SqlFleet
 from orchestrator.store.sql_jobs import SqlJobs
+from orchestrator.store.sql_leases import SqlLeases
+from orchestrator.store.sql_models import SqlModels
 
 
-class SqlStore(SqlJobs, SqlAttempts):
-    """Jobs in MariaDB or SQLite. Each public method is one transaction."""
+class SqlStore(SqlJobs, SqlAttempts, SqlLeases, SqlFleet, SqlModels):
+    """Jobs, GPUs and leases, the fleet and models in MariaDB or SQLite. Each public method
+    is one transaction."""
 
     @classmethod
     def from_url(cls, url: str, *, sqlite_busy_timeout_ms: int = 15000) -> SqlStore:

@@ -46,7 +46,8 @@ class SqlAttempts(SqlBase):
                     jobs.c.available_at <= now,
                 )
                 .values(
-                    status=S.RUNNING.value,
+                    # A job that needs a GPU is `claimed` until its lease is granted.
+                    status=sa.case((jobs.c.gpu.is_(None), S.RUNNING.value), else_=S.CLAIMED.value),
                     attempts=jobs.c.attempts + 1,
                     worker_id=worker_id,
                     claim_token=token,
@@ -58,17 +59,43 @@ class SqlAttempts(SqlBase):
             if claimed != 1:
                 self._unpublish_if_early(conn, dispatch, now)
                 return None
+            job = self._reload(conn, dispatch.job_id)
             self._event(
                 conn,
                 dispatch.job_id,
                 now,
-                "started",
-                status=S.RUNNING,
+                "started" if job.status is S.RUNNING else "claimed",
+                status=job.status,
                 attempt=dispatch.attempt,
                 actor=worker_id,
             )
-            job = self._reload(conn, dispatch.job_id)
         return Claim(job=job, token=token, attempt=dispatch.attempt)
+
+    def mark_running(self, claim: Claim, now: datetime, detail: dict[str, Any]) -> bool:
+        """A claimed job got its GPU lease: it runs now. False if the claim is no longer
+        current (reclaimed meanwhile)."""
+        with self._tx(write=True) as conn:
+            moved = conn.execute(
+                jobs.update()
+                .where(
+                    jobs.c.id == claim.job.id,
+                    jobs.c.claim_token == claim.token,
+                    jobs.c.status == S.CLAIMED.value,
+                )
+                .values(status=S.RUNNING.value, heartbeat_at=now, started_at=now, updated_at=now)
+            ).rowcount
+            if moved:
+                self._event(
+                    conn,
+                    claim.job.id,
+                    now,
+                    "started",
+                    status=S.RUNNING,
+                    attempt=claim.attempt,
+                    actor=claim.job.worker_id or "worker",
+                    detail=detail,
+                )
+        return bool(moved)
 
     @staticmethod
     def _unpublish_if_early(conn: Connection, dispatch: Dispatch, now: datetime) -> None:
@@ -159,7 +186,9 @@ class SqlAttempts(SqlBase):
             values["status"] = status.value
             return self._finish(conn, claim, now, status, values, event, detail)
 
-    def release_job(self, claim: Claim, now: datetime) -> Outcome:
+    def release_job(
+        self, claim: Claim, now: datetime, *, delay_s: float = 0.0, reason: str | None = None
+    ) -> Outcome:
         with self._tx(write=True) as conn:
             row = self._fenced_row(conn, claim, now, "release")
             if row is None:
@@ -177,7 +206,10 @@ class SqlAttempts(SqlBase):
                 "heartbeat_at": None,
                 "updated_at": now,
             }
-            return self._finish(conn, claim, now, S.PENDING, values, "released")
+            if delay_s > 0:
+                values["available_at"] = now + timedelta(seconds=delay_s)
+            detail = {"reason": reason} if reason else None
+            return self._finish(conn, claim, now, S.PENDING, values, "released", detail)
 
     def _fenced_row(
         self, conn: Connection, claim: Claim, now: datetime, action: str

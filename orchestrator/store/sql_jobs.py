@@ -334,6 +334,7 @@ def _new_job_row(job_id: str, spec: JobSpec, now: datetime) -> dict[str, Any]:
         "result": None,
         "error": None,
         "progress": None,
+        "gpu": dumps(spec.gpu.as_dict()) if spec.gpu else None,
     }
 
 

@@ -61,6 +61,8 @@ jobs = sa.Table(
     sa.Column("result", LongText, nullable=True),
     sa.Column("error", sa.Text(), nullable=True),
     sa.Column("progress", sa.Text(), nullable=True),
+    # JSON {"est_vram_mb", "gpu_count", "model_id"}: the lease its handler needs; NULL: none.
+    sa.Column("gpu", sa.Text(), nullable=True),
     sa.Index(None, "owner", "idempotency_key", unique=True),
     sa.Index(None, "published_at", "available_at"),
     sa.Index(None, "status", "type", "id"),
@@ -118,6 +120,169 @@ leader = sa.Table(
     sa.Column("epoch", sa.BigInteger(), nullable=False),
     sa.Column("since", Timestamp, nullable=True),
     sa.Column("expires_at", Timestamp, nullable=True),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+
+# -- GPUs, leases and the fleet (issue 4) ---------------------------------------------------
+
+# One row per node that reports GPUs (workers and API replicas heartbeat their node).
+nodes = sa.Table(
+    "orchestrator_nodes",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("nvml_supported", sa.Boolean(), nullable=False),
+    sa.Column("mps_enabled", sa.Boolean(), nullable=False),
+    sa.Column("mps", sa.Text(), nullable=True),  # JSON: what was seen of MPS
+    sa.Column("driver_version", sa.String(64), nullable=True),
+    sa.Column("error", sa.Text(), nullable=True),  # why the probe failed, if it did
+    sa.Column("reported_at", Timestamp, nullable=False),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+
+# The devices of each node, as last reported. Admission uses only fresh, healthy rows.
+gpus = sa.Table(
+    "orchestrator_gpus",
+    metadata,
+    sa.Column("node", sa.String(128), primary_key=True),
+    sa.Column("idx", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("uuid", sa.String(96), nullable=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("memory_total_mb", sa.Integer(), nullable=False),
+    sa.Column("memory_used_mb", sa.Integer(), nullable=False),
+    sa.Column("utilization_gpu_pct", sa.Float(), nullable=True),
+    sa.Column("temperature_c", sa.Float(), nullable=True),
+    sa.Column("power_draw_w", sa.Float(), nullable=True),
+    sa.Column("source", sa.String(16), nullable=False),  # nvml | simulated
+    # ok | degraded (over the temperature limit, or its NVML reads failing)
+    sa.Column("health", sa.String(16), nullable=False),
+    sa.Column("error", sa.Text(), nullable=True),
+    sa.Column("reported_at", Timestamp, nullable=False),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+
+# GPU leases: waiting requests, active leases, and what became of them.
+leases = sa.Table(
+    "orchestrator_leases",
+    metadata,
+    sa.Column("token", sa.String(32), primary_key=True),
+    sa.Column("agent", ExactString(128), nullable=False),
+    sa.Column("operation", sa.String(128), nullable=True),
+    sa.Column("model_id", sa.String(255), nullable=True),
+    # Asked for (NULL: any node) while waiting; the node granted once active.
+    sa.Column("node", sa.String(128), nullable=True),
+    sa.Column("devices", sa.String(255), nullable=True),  # JSON list of device indexes
+    sa.Column("est_vram_mb", sa.Integer(), nullable=False),  # per device
+    sa.Column("gpu_count", sa.Integer(), nullable=False),
+    sa.Column("priority", sa.SmallInteger(), nullable=False),
+    # waiting | active | released | expired | timed_out
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("job_id", sa.String(36), nullable=True),
+    sa.Column("ttl_s", sa.Float(), nullable=False),
+    # Its place in the queue (a job's lease keeps its job's submit time across retries).
+    sa.Column("queued_at", Timestamp, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("wait_until", Timestamp, nullable=True),
+    sa.Column("granted_at", Timestamp, nullable=True),
+    sa.Column("expires_at", Timestamp, nullable=True),
+    sa.Column("released_at", Timestamp, nullable=True),
+    sa.Column("used_vram_mb", sa.Integer(), nullable=True),  # last reported by its holder
+    sa.Column("peak_vram_mb", sa.Integer(), nullable=True),
+    sa.Column("success", sa.Boolean(), nullable=True),
+    sa.Column("reason", sa.Text(), nullable=True),
+    sa.Index(None, "status", "expires_at"),
+    sa.Index(None, "status", "queued_at"),
+    sa.Index(None, "job_id"),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+
+# Named policies (the admission policy is one JSON document), changed through /policy.
+policies = sa.Table(
+    "orchestrator_policies",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("body", sa.Text(), nullable=False),
+    sa.Column("version", sa.Integer(), nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.Column("updated_by", sa.String(128), nullable=False),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+
+worker_pools = sa.Table(
+    "worker_pools",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("node", sa.String(128), nullable=True),  # NULL: any node's supervisor
+    sa.Column("job_types", sa.Text(), nullable=False),  # JSON list
+    sa.Column("model_id", sa.String(255), nullable=True),
+    sa.Column("concurrency", sa.Integer(), nullable=False),
+    sa.Column("desired", sa.Integer(), nullable=False),
+    sa.Column("running", sa.Integer(), nullable=False),
+    sa.Column("min_warm", sa.Integer(), nullable=False),
+    sa.Column("max_workers", sa.Integer(), nullable=False),
+    sa.Column("idle_timeout_s", sa.Float(), nullable=False),
+    # active | draining | stopped
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("last_busy_at", Timestamp, nullable=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+
+# Worker processes, registered at start and heartbeated while they live.
+workers = sa.Table(
+    "orchestrator_workers",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("node", sa.String(128), nullable=False),
+    sa.Column("pool", sa.String(64), nullable=True),
+    sa.Column("pid", sa.Integer(), nullable=True),
+    sa.Column("job_types", sa.Text(), nullable=False),  # JSON list
+    sa.Column("concurrency", sa.Integer(), nullable=False),
+    # running | draining | stopped | lost (no heartbeat for a visibility timeout)
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("current_jobs", sa.Text(), nullable=True),  # JSON list of job ids
+    sa.Column("started_at", Timestamp, nullable=False),
+    sa.Column("heartbeat_at", Timestamp, nullable=False),
+    sa.Column("stopped_at", Timestamp, nullable=True),
+    sa.Index(None, "pool", "status"),
+    sa.Index(None, "status", "heartbeat_at"),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+
+# Preload requests, one row per model: what `GET /models/status` summarises.
+model_preloads = sa.Table(
+    "orchestrator_model_preloads",
+    metadata,
+    # Byte for byte: "Llama-3" and "llama-3" are two folders, so two models.
+    sa.Column("model_id", ExactString(255), primary_key=True),
+    # queued | loading | done | failed
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("job_id", sa.String(36), nullable=True),
+    sa.Column("node", sa.String(128), nullable=True),
+    sa.Column("error", sa.Text(), nullable=True),
+    sa.Column("requested_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+
+# Which models are warm on which node.
+warm_models = sa.Table(
+    "orchestrator_warm_models",
+    metadata,
+    sa.Column("node", sa.String(128), primary_key=True),
+    sa.Column("model_id", ExactString(255), primary_key=True),
+    sa.Column("worker_id", sa.String(128), nullable=True),
+    sa.Column("size_bytes", sa.BigInteger(), nullable=True),
+    sa.Column("loaded_at", Timestamp, nullable=False),
+    sa.Index(None, "model_id"),
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
 )

@@ -1,0 +1,137 @@
+"""CLI commands for GPUs and leases: `gpu`, `leases`, `policy`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from orchestrator.cli_support import api, show, table
+from orchestrator.errors import OrchestratorError
+from orchestrator.settings import Settings
+
+
+def add_commands(sub: Any) -> None:
+    """Add this area's subcommands to the `orchestrator` parser; each sets `handler`
+    (called as `handler(args, settings) -> exit code`)."""
+    gpu = sub.add_parser("gpu", help="the GPUs of every node, and the leases on them")
+    gpu.add_argument("--json", action="store_true", help="print JSON")
+    gpu.set_defaults(handler=_gpu)
+
+    leases = sub.add_parser("leases", help="GPU leases")
+    leases_sub = leases.add_subparsers(dest="leases_command", metavar="ACTION")
+    listing = leases_sub.add_parser("list", help="active leases (the default)")
+    listing.add_argument("--all", action="store_true", help="waiting ones too")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    take = leases_sub.add_parser("take", help="take a lease (prints its token)")
+    take.add_argument("agent")
+    take.add_argument("est_vram_mb", type=int)
+    take.add_argument("--gpus", type=int, default=1, help="devices on one node (gang)")
+    take.add_argument("--ttl", type=float, help="seconds it lives without a heartbeat")
+    take.add_argument("--wait", type=float, default=0.0, help="seconds to queue for room")
+    take.add_argument("--priority", choices=["critical", "high", "normal", "low"])
+    take.add_argument("--node")
+    take.add_argument("--json", action="store_true", help="print JSON")
+    release = leases_sub.add_parser("release", help="release leases")
+    release.add_argument("tokens", nargs="+", metavar="TOKEN")
+    leases.set_defaults(handler=_leases, leases_command="list", all=False, json=False)
+
+    policy = sub.add_parser("policy", help="the admission policy")
+    policy_sub = policy.add_subparsers(dest="policy_command", metavar="ACTION")
+    policy_sub.add_parser("show", help="print it (the default)")
+    set_policy = policy_sub.add_parser("set", help="replace it with a JSON document")
+    set_policy.add_argument("document", help="JSON, e.g. '{\"ageing_s\": 30}'")
+    policy.set_defaults(handler=_policy, policy_command="show")
+
+
+def _gpu(args: argparse.Namespace, settings: Settings) -> int:
+    state = api(settings, "GET", "/gpu_state")
+    if args.json:
+        return show(state)
+    if not state["gpus"]:
+        print("no GPUs reported (set ORCH_GPU_SIMULATE to simulate some, e.g. 2x24576)")
+    rows = [
+        [
+            g["node"],
+            g["index"],
+            g["name"],
+            f"{g['memory_used_mb']}/{g['memory_total_mb']}",
+            g["leased_mb"],
+            g["leasable_mb"],
+            _num(g["utilization_gpu_pct"], "%"),
+            _num(g["temperature_c"], "C"),
+            "stale" if g["stale"] else g["health"],
+            len(g["leases"]),
+        ]
+        for g in state["gpus"]
+    ]
+    if rows:
+        headers = ["NODE", "GPU", "NAME", "USED/TOTAL MB", "LEASED MB", "FREE MB", "UTIL"]
+        print(table(rows, [*headers, "TEMP", "HEALTH", "LEASES"]))
+    if state["waiting"]:
+        print(f"\n{len(state['waiting'])} lease request(s) waiting")
+    if state["safe_mode"]:
+        print("\nSAFE_MODE is on: no leases are granted")
+    return 0
+
+
+def _leases(args: argparse.Namespace, settings: Settings) -> int:
+    if args.leases_command == "take":
+        body: dict[str, Any] = {
+            "agent": args.agent,
+            "est_vram_mb": args.est_vram_mb,
+            "gpu_count": args.gpus,
+            "wait_s": args.wait,
+        }
+        for key, value in (("ttl_s", args.ttl), ("priority", args.priority), ("node", args.node)):
+            if value is not None:
+                body[key] = value
+        lease = api(settings, "POST", "/leases", body)
+        if args.json:
+            return show(lease)
+        devices = ",".join(map(str, lease["devices"]))
+        print(f"{lease['token']}  {lease['node']} devices {devices}, until {lease['expires_at']}")
+        return 0
+    if args.leases_command == "release":
+        for token in args.tokens:
+            lease = api(settings, "POST", f"/leases/{token}/release", {})
+            print(f"{lease['token']}: {lease['status']}")
+        return 0
+    query = "?status=active&status=waiting" if args.all else ""
+    found = api(settings, "GET", f"/leases{query}")["leases"]
+    if args.json:
+        return show(found)
+    if not found:
+        print("no active leases")
+        return 0
+    rows = [
+        [
+            lease["token"][:12],
+            lease["agent"],
+            lease["status"],
+            lease["node"],
+            ",".join(map(str, lease["devices"])),
+            lease["est_vram_mb"],
+            lease["priority"],
+            lease["job_id"],
+            lease["expires_at"],
+        ]
+        for lease in found
+    ]
+    headers = ["TOKEN", "AGENT", "STATUS", "NODE", "GPUS", "MB EACH", "PRIORITY", "JOB"]
+    print(table(rows, [*headers, "EXPIRES"]))
+    return 0
+
+
+def _policy(args: argparse.Namespace, settings: Settings) -> int:
+    if args.policy_command == "set":
+        try:
+            document = json.loads(args.document)
+        except ValueError as exc:
+            raise OrchestratorError(f"the policy is not JSON: {exc}") from None
+        return show(api(settings, "POST", "/policy", document))
+    return show(api(settings, "GET", "/policy"))
+
+
+def _num(value: float | None, unit: str) -> str:
+    return "-" if value is None else f"{value:g}{unit}"

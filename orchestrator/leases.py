@@ -1,0 +1,157 @@
+"""The lease's vocabulary: what a lease request asks for, what a lease is, the policy.
+
+A lease reserves VRAM on one or more devices of one node for an agent (or a job) until it
+is released or, not heartbeated, expires. See `orchestrator.admission` for who gets one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator.jobs import Priority
+
+
+class LeaseStatus(StrEnum):
+    WAITING = "waiting"  # queued until capacity frees (wait_s > 0)
+    ACTIVE = "active"
+    RELEASED = "released"
+    EXPIRED = "expired"  # not heartbeated within its ttl
+    TIMED_OUT = "timed_out"  # waited wait_s and was never granted
+
+
+class DenyReason(StrEnum):
+    """Why a request was not granted (the `reason` of a 409 or 503)."""
+
+    INSUFFICIENT_VRAM = "insufficient_vram"  # no device has that much free now
+    EXCEEDS_CAPACITY = "exceeds_capacity"  # no device could ever hold it
+    NO_GPUS = "no_gpus"  # no fresh, healthy device is known (on that node)
+    GANG_UNAVAILABLE = "gang_unavailable"  # no node has gpu_count devices free together
+    QUEUED_AHEAD = "queued_ahead"  # requests waiting ahead in policy order come first
+    QUOTA_VRAM = "quota_vram"
+    QUOTA_LEASES = "quota_leases"
+    WAIT_TIMEOUT = "wait_timeout"  # queued for wait_s and never granted
+    GPU_DEGRADED = "gpu_degraded"  # 503: the only fitting devices are hot or failing
+    SAFE_MODE = "safe_mode"  # 503
+
+
+UNAVAILABLE_REASONS = frozenset({DenyReason.GPU_DEGRADED, DenyReason.SAFE_MODE})
+
+
+@dataclass(frozen=True)
+class LeaseRequest:
+    """A validated request for a lease. `est_vram_mb` is per device."""
+
+    agent: str
+    est_vram_mb: int
+    gpu_count: int = 1
+    ttl_s: float = 60.0
+    priority: Priority = Priority.NORMAL
+    wait_s: float = 0.0
+    operation: str | None = None
+    model_id: str | None = None
+    job_id: str | None = None
+    node: str | None = None  # None: any node
+    queued_at: datetime | None = None  # its place in the queue; None: now
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A lease (or a waiting request) as stored."""
+
+    token: str
+    agent: str
+    status: LeaseStatus
+    est_vram_mb: int
+    gpu_count: int
+    priority: Priority
+    ttl_s: float
+    queued_at: datetime
+    created_at: datetime
+    node: str | None = None
+    devices: tuple[int, ...] = ()
+    operation: str | None = None
+    model_id: str | None = None
+    job_id: str | None = None
+    wait_until: datetime | None = None
+    granted_at: datetime | None = None
+    expires_at: datetime | None = None
+    released_at: datetime | None = None
+    used_vram_mb: int | None = None
+    peak_vram_mb: int | None = None
+    success: bool | None = None
+    reason: str | None = None
+
+    @property
+    def is_active(self) -> bool:
+        return self.status is LeaseStatus.ACTIVE
+
+    def is_live(self, now: datetime) -> bool:
+        """Active and not past its expiry (the sweep marks those `expired` shortly)."""
+        return self.is_active and self.expires_at is not None and self.expires_at >= now
+
+    def outstanding_mb(self) -> int:
+        """VRAM this lease may still allocate per device: what it reserved, less what its
+        holder reported in use (which the device's measured `used` already shows)."""
+        return max(0, self.est_vram_mb - (self.used_vram_mb or 0))
+
+
+@dataclass(frozen=True)
+class Denial:
+    """A request not granted: why, and roughly when capacity might free (None: unknown)."""
+
+    reason: DenyReason
+    message: str
+    estimated_wait_ms: int | None = None
+    final: bool = False  # waiting cannot help (it can never fit, or is over its quota alone)
+
+    @property
+    def unavailable(self) -> bool:
+        return self.reason in UNAVAILABLE_REASONS
+
+
+@dataclass(frozen=True)
+class LeaseOutcome:
+    """A request's answer: the lease when granted (or still waiting), else the denial."""
+
+    lease: Lease | None
+    denial: Denial | None = None
+
+    @property
+    def granted(self) -> bool:
+        return self.lease is not None and self.lease.is_active
+
+
+class Quota(BaseModel):
+    """Limits on one agent's active leases; None: no limit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_vram_mb: Annotated[int, Field(ge=0)] | None = None
+    max_leases: Annotated[int, Field(ge=0)] | None = None
+
+
+class AdmissionPolicy(BaseModel):
+    """The admission policy, changed at run time through `POST /policy` (persisted)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ageing_s: Annotated[float, Field(gt=0, le=86400)] = Field(
+        60.0,
+        description="A waiting request moves up one priority band per ageing_s waited, so "
+        "nothing starves.",
+    )
+    default_quota: Quota = Field(default_factory=Quota, description="For agents not listed.")
+    quotas: dict[Annotated[str, Field(min_length=1, max_length=128)], Quota] = Field(
+        default_factory=dict, description="Per agent."
+    )
+
+    def quota_of(self, agent: str) -> Quota:
+        return self.quotas.get(agent, self.default_quota)
+
+
+ADMISSION_POLICY = "admission"

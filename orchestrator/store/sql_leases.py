@@ -1,0 +1,401 @@
+"""The lease side of `SqlStore`: request, wait, heartbeat, release, expire.
+
+Every write that can change who holds what locks the admission policy's row first (see
+`SqlGpus._lock_policy`), so admission decisions are serialised across replicas and
+threads: two requests can never both take the last free megabytes (DESIGN invariant 6).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from orchestrator.admission import Book, Limits, Pass, serve_queue
+from orchestrator.errors import LeaseExpired, LeaseNotFound, LeaseReleased
+from orchestrator.ids import new_token
+from orchestrator.jobs import Priority
+from orchestrator.leases import (
+    AdmissionPolicy,
+    Denial,
+    DenyReason,
+    Lease,
+    LeaseOutcome,
+    LeaseRequest,
+    LeaseStatus,
+)
+from orchestrator.store.gpu_base import Sweep
+from orchestrator.store.sql_gpus import SqlGpus, device_from_row
+from orchestrator.store.tables import gpus, leases
+
+logger = logging.getLogger(__name__)
+
+L = LeaseStatus
+# A waiter whose process died is timed out by the sweep this long after its deadline (the
+# waiter itself times out its request at the deadline).
+WAIT_GRACE_S = 2.0
+
+
+class SqlLeases(SqlGpus):
+    def request_lease(self, request: LeaseRequest, now: datetime, limits: Limits) -> LeaseOutcome:
+        """Grant the request now if policy allows; else queue it (wait_s > 0, and waiting
+        could help) or deny it. Waiting requests ahead of it that now fit are granted too."""
+        token = new_token()
+        candidate = Lease(
+            token=token,
+            agent=request.agent,
+            status=L.WAITING,
+            est_vram_mb=request.est_vram_mb,
+            gpu_count=request.gpu_count,
+            priority=request.priority,
+            ttl_s=request.ttl_s,
+            queued_at=request.queued_at or now,
+            created_at=now,
+            node=request.node,
+            operation=request.operation,
+            model_id=request.model_id,
+            job_id=request.job_id,
+        )
+        with self._tx(write=True) as conn:
+            result = self._serve(conn, now, limits, extra=candidate)
+            placement = result.granted.pop(token, None)
+            self._grant(conn, result, now)
+            if placement is not None:
+                lease = _activate(candidate, placement.node, placement.devices, now)
+                conn.execute(leases.insert().values(**_row_of(lease)))
+                return LeaseOutcome(lease)
+            denial = result.denied[token]
+            if request.wait_s <= 0 or denial.final or denial.unavailable:
+                return LeaseOutcome(None, denial)
+            waiting = _replace(candidate, wait_until=now + timedelta(seconds=request.wait_s))
+            conn.execute(leases.insert().values(**_row_of(waiting)))
+            return LeaseOutcome(waiting, denial)
+
+    def finish_wait(self, token: str, now: datetime, limits: Limits) -> LeaseOutcome:
+        """A waiter's deadline passed: one last chance to be granted, else `timed_out`."""
+        with self._tx(write=True) as conn:
+            # Its own deadline has passed (now > wait_until): keep it in the queue this once.
+            result = self._serve(conn, now, limits, keep=token)
+            self._grant(conn, result, now)
+            row = self._lease_row(conn, token)
+            if row is None:
+                raise LeaseNotFound(f"no lease {token}", token=token)
+            lease = lease_from_row(row)
+            if lease.status is L.ACTIVE:
+                return LeaseOutcome(lease)
+            if lease.status is not L.WAITING:  # timed out by the sweep, or released
+                return LeaseOutcome(
+                    None,
+                    Denial(
+                        DenyReason.WAIT_TIMEOUT,
+                        f"the request ended {lease.status.value} before it was granted"
+                        + (f": {lease.reason}" if lease.reason else ""),
+                    ),
+                )
+            last = result.denied.get(token)
+            why = last.message if last else "not granted in time"
+            conn.execute(
+                leases.update()
+                .where(leases.c.token == token, leases.c.status == L.WAITING.value)
+                .values(status=L.TIMED_OUT.value, released_at=now, reason=why)
+            )
+            waited = (now - lease.created_at).total_seconds()
+            return LeaseOutcome(
+                None,
+                Denial(
+                    DenyReason.WAIT_TIMEOUT,
+                    f"waited {waited:.1f}s and was not granted: {why}",
+                    last.estimated_wait_ms if last else None,
+                ),
+            )
+
+    def get_lease(self, token: str) -> Lease | None:
+        with self._tx(write=False) as conn:
+            row = conn.execute(sa.select(leases).where(leases.c.token == token)).first()
+        return lease_from_row(row._mapping) if row else None
+
+    def get_leases(self, tokens: Sequence[str]) -> list[Lease]:
+        if not tokens:
+            return []
+        with self._tx(write=False) as conn:
+            rows = conn.execute(sa.select(leases).where(leases.c.token.in_(list(tokens))))
+            return [lease_from_row(r._mapping) for r in rows]
+
+    def list_leases(self, statuses: Sequence[LeaseStatus] = (L.ACTIVE,)) -> list[Lease]:
+        query = (
+            sa.select(leases)
+            .where(leases.c.status.in_([s.value for s in statuses]))
+            .order_by(leases.c.queued_at, leases.c.created_at)
+        )
+        with self._tx(write=False) as conn:
+            return [lease_from_row(r._mapping) for r in conn.execute(query)]
+
+    def renew_lease(self, token: str, now: datetime, used_vram_mb: int | None = None) -> Lease:
+        """Extend an active lease by its ttl. Raises `LeaseNotFound`, `LeaseExpired` (it
+        expired: the holder must stop using the device) or `LeaseReleased`."""
+        with self._tx(write=True) as conn:
+            row = self._lease_row(conn, token, lock=True)
+            if row is None:
+                raise LeaseNotFound(f"no lease {token}", token=token)
+            lease = lease_from_row(row)
+            _check_live(lease, now)
+            if lease.status is L.WAITING:
+                return lease
+            values: dict[str, Any] = {"expires_at": now + timedelta(seconds=lease.ttl_s)}
+            if used_vram_mb is not None:
+                values["used_vram_mb"] = used_vram_mb
+            conn.execute(leases.update().where(leases.c.token == token).values(**values))
+            return _replace(lease, **values)
+
+    def renew_leases(self, ttl_by_token: Mapping[str, float], now: datetime) -> set[str]:
+        """Extend many active leases at once (a worker's jobs); returns the tokens that are
+        no longer active (expired, released or unknown)."""
+        if not ttl_by_token:
+            return set()
+        by_ttl: dict[float, list[str]] = {}
+        for token, ttl in ttl_by_token.items():
+            by_ttl.setdefault(ttl, []).append(token)
+        with self._tx(write=True) as conn:
+            for ttl, tokens in by_ttl.items():
+                conn.execute(
+                    leases.update()
+                    .where(
+                        leases.c.token.in_(tokens),
+                        leases.c.status == L.ACTIVE.value,
+                        leases.c.expires_at >= now,
+                    )
+                    .values(expires_at=now + timedelta(seconds=ttl))
+                )
+            live = conn.execute(
+                sa.select(leases.c.token).where(
+                    leases.c.token.in_(list(ttl_by_token)),
+                    leases.c.status == L.ACTIVE.value,
+                    leases.c.expires_at >= now,
+                )
+            )
+            return set(ttl_by_token) - {r.token for r in live}
+
+    def release_lease(
+        self,
+        token: str,
+        now: datetime,
+        limits: Limits,
+        *,
+        peak_vram_mb: int | None = None,
+        success: bool | None = None,
+    ) -> Lease:
+        """Give the devices back (idempotent: a released, expired or timed-out lease is
+        returned as it is) and grant waiting requests that now fit."""
+        with self._tx(write=True) as conn:
+            policy, _ = self._lock_policy(conn)
+            row = self._lease_row(conn, token, lock=True)
+            if row is None:
+                raise LeaseNotFound(f"no lease {token}", token=token)
+            lease = lease_from_row(row)
+            if lease.status not in (L.ACTIVE, L.WAITING):
+                return lease
+            values = {
+                "status": L.RELEASED.value,
+                "released_at": now,
+                "peak_vram_mb": peak_vram_mb,
+                "success": success,
+            }
+            conn.execute(leases.update().where(leases.c.token == token).values(**values))
+            self._grant(conn, self._serve(conn, now, limits, policy=policy), now)
+            return _replace(lease, **{**values, "status": L.RELEASED})
+
+    def sweep_leases(self, now: datetime, limits: Limits) -> Sweep:
+        """The leader's pass: expire leases past their ttl, time out waiters that vanished,
+        and grant waiting requests in policy order (ageing moves them up over time)."""
+        sweep = Sweep()
+        with self._tx(write=True) as conn:
+            policy, _ = self._lock_policy(conn)
+            # Locking read: a heartbeat committing meanwhile is seen (not expired from under
+            # its holder), or waits for this sweep and is told the lease expired.
+            expired = conn.execute(
+                sa.select(leases)
+                .where(leases.c.status == L.ACTIVE.value, leases.c.expires_at < now)
+                .with_for_update()
+            ).all()
+            if expired:
+                tokens = [r.token for r in expired]
+                conn.execute(
+                    leases.update()
+                    .where(leases.c.token.in_(tokens), leases.c.status == L.ACTIVE.value)
+                    .values(status=L.EXPIRED.value, released_at=now, reason="not heartbeated")
+                )
+                sweep.expired = [lease_from_row(r._mapping) for r in expired]
+            stale_wait = now - timedelta(seconds=WAIT_GRACE_S)
+            abandoned = conn.execute(
+                sa.select(leases).where(
+                    leases.c.status == L.WAITING.value, leases.c.wait_until < stale_wait
+                )
+            ).all()
+            if abandoned:
+                conn.execute(
+                    leases.update()
+                    .where(
+                        leases.c.token.in_([r.token for r in abandoned]),
+                        leases.c.status == L.WAITING.value,
+                    )
+                    .values(status=L.TIMED_OUT.value, released_at=now, reason="waiter gone")
+                )
+                sweep.timed_out = [lease_from_row(r._mapping) for r in abandoned]
+            sweep.granted = self._grant(conn, self._serve(conn, now, limits, policy=policy), now)
+        return sweep
+
+    # -- inside a transaction -----------------------------------------------------------
+
+    def _serve(
+        self,
+        conn: Connection,
+        now: datetime,
+        limits: Limits,
+        extra: Lease | None = None,
+        policy: AdmissionPolicy | None = None,
+        keep: str | None = None,
+    ) -> Pass:
+        """Lock the policy (unless the caller did and passes it), take a snapshot, and
+        serve the queue (plus `extra`, a new request, in its place; `keep`, a waiting
+        request past its deadline, still in its place)."""
+        if policy is None:
+            policy, _ = self._lock_policy(conn)
+        devices = [device_from_row(r._mapping) for r in conn.execute(sa.select(gpus))]
+        rows = conn.execute(
+            sa.select(leases).where(leases.c.status.in_([L.ACTIVE.value, L.WAITING.value]))
+        ).all()
+        current = [lease_from_row(r._mapping) for r in rows]
+        # A lease past its expiry holds nothing, even before the sweep marks it.
+        active = [lease for lease in current if lease.is_live(now)]
+        waiting = [
+            lease
+            for lease in current
+            if lease.status is L.WAITING
+            and (lease.wait_until is None or lease.wait_until >= now or lease.token == keep)
+        ]
+        if extra is not None:
+            waiting.append(extra)
+        book = Book(devices, active, policy, limits, now)
+        return serve_queue(book, waiting, policy)
+
+    def _grant(self, conn: Connection, result: Pass, now: datetime) -> list[Lease]:
+        granted = []
+        for token, placement in result.granted.items():
+            row = self._lease_row(conn, token)
+            if row is None:
+                continue
+            lease = _activate(lease_from_row(row), placement.node, placement.devices, now)
+            updated = conn.execute(
+                leases.update()
+                .where(leases.c.token == token, leases.c.status == L.WAITING.value)
+                .values(
+                    status=L.ACTIVE.value,
+                    node=lease.node,
+                    devices=json.dumps(list(lease.devices)),
+                    granted_at=now,
+                    expires_at=lease.expires_at,
+                )
+            ).rowcount
+            if updated:
+                granted.append(lease)
+        return granted
+
+    @staticmethod
+    def _lease_row(conn: Connection, token: str, lock: bool = False) -> Mapping[Any, Any] | None:
+        query = sa.select(leases).where(leases.c.token == token)
+        if lock:
+            query = query.with_for_update()
+        row = conn.execute(query).first()
+        return row._mapping if row else None
+
+
+def _check_live(lease: Lease, now: datetime) -> None:
+    if lease.status is L.RELEASED:
+        raise LeaseReleased(f"lease {lease.token} was released", token=lease.token)
+    expired = lease.status in (L.EXPIRED, L.TIMED_OUT) or (
+        lease.status is L.ACTIVE and lease.expires_at is not None and lease.expires_at < now
+    )
+    if expired:
+        ended = lease.expires_at or lease.released_at
+        raise LeaseExpired(
+            f"lease {lease.token} expired at {ended.isoformat() + 'Z' if ended else 'its ttl'}; "
+            "take a new one",
+            token=lease.token,
+        )
+
+
+def _activate(lease: Lease, node: str, devices: tuple[int, ...], now: datetime) -> Lease:
+    return _replace(
+        lease,
+        status=L.ACTIVE,
+        node=node,
+        devices=devices,
+        granted_at=now,
+        expires_at=now + timedelta(seconds=lease.ttl_s),
+    )
+
+
+def _replace(lease: Lease, **changes: Any) -> Lease:
+    if isinstance(changes.get("status"), str):
+        changes["status"] = LeaseStatus(changes["status"])
+    return replace(lease, **changes)
+
+
+def _row_of(lease: Lease) -> dict[str, Any]:
+    return {
+        "token": lease.token,
+        "agent": lease.agent,
+        "operation": lease.operation,
+        "model_id": lease.model_id,
+        "node": lease.node,
+        "devices": json.dumps(list(lease.devices)) if lease.devices else None,
+        "est_vram_mb": lease.est_vram_mb,
+        "gpu_count": lease.gpu_count,
+        "priority": int(lease.priority),
+        "status": lease.status.value,
+        "job_id": lease.job_id,
+        "ttl_s": lease.ttl_s,
+        "queued_at": lease.queued_at,
+        "created_at": lease.created_at,
+        "wait_until": lease.wait_until,
+        "granted_at": lease.granted_at,
+        "expires_at": lease.expires_at,
+        "released_at": lease.released_at,
+        "used_vram_mb": lease.used_vram_mb,
+        "peak_vram_mb": lease.peak_vram_mb,
+        "success": lease.success,
+        "reason": lease.reason,
+    }
+
+
+def lease_from_row(row: Mapping[Any, Any]) -> Lease:
+    return Lease(
+        token=row["token"],
+        agent=row["agent"],
+        status=LeaseStatus(row["status"]),
+        est_vram_mb=row["est_vram_mb"],
+        gpu_count=row["gpu_count"],
+        priority=Priority(row["priority"]),
+        ttl_s=row["ttl_s"],
+        queued_at=row["queued_at"],
+        created_at=row["created_at"],
+        node=row["node"],
+        devices=tuple(json.loads(row["devices"])) if row["devices"] else (),
+        operation=row["operation"],
+        model_id=row["model_id"],
+        job_id=row["job_id"],
+        wait_until=row["wait_until"],
+        granted_at=row["granted_at"],
+        expires_at=row["expires_at"],
+        released_at=row["released_at"],
+        used_vram_mb=row["used_vram_mb"],
+        peak_vram_mb=row["peak_vram_mb"],
+        success=None if row["success"] is None else bool(row["success"]),
+        reason=row["reason"],
+    )
