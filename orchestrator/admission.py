@@ -199,6 +199,15 @@ class Book:
             )
         return Denial(DenyReason.INSUFFICIENT_VRAM, f"no device has {need} MB free", wait)
 
+    def possible_nodes(self, request: LeaseRequest | Lease) -> set[str]:
+        """The nodes that could hold the request once free (by capacity alone)."""
+        need = request.est_vram_mb + self.limits.headroom_mb
+        return {
+            name
+            for name, books in self._nodes(request.node).items()
+            if sum(1 for b in books if b.device.memory_total_mb >= need) >= request.gpu_count
+        }
+
     def _nodes(self, node: str | None) -> dict[str, list[_DeviceBook]]:
         nodes: dict[str, list[_DeviceBook]] = {}
         for (name, _), book in self._books.items():
@@ -268,6 +277,8 @@ class Pass:
 
     granted: dict[str, Placement] = field(default_factory=dict)
     denied: dict[str, Denial] = field(default_factory=dict)
+    # Active leases found past their expiry (and marked expired) before serving.
+    expired: list[Lease] = field(default_factory=list)
 
 
 def serve_queue(book: Book, waiting: Sequence[Lease], policy: AdmissionPolicy) -> Pass:
@@ -284,7 +295,8 @@ def serve_queue(book: Book, waiting: Sequence[Lease], policy: AdmissionPolicy) -
             continue
         result.denied[lease.token] = outcome
         if outcome.reason in CAPACITY_REASONS:
-            blocked.add(lease.node or ANY_NODE)
+            # It holds back the nodes it could ever use: not an idle node too small for it.
+            blocked.update(book.possible_nodes(lease))
     return result
 
 

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 import sys
-import time
 from collections.abc import Sequence
-from typing import Any
 
 import httpx
 from pydantic import ValidationError
 
-from orchestrator import cli_fleet, cli_gpu, cli_models
-from orchestrator.cli_support import api as _api
-from orchestrator.cli_support import show as _show
+from orchestrator import cli_fleet, cli_gpu, cli_jobs, cli_models, cli_ops
+from orchestrator.cli_support import UsageError
 from orchestrator.errors import OrchestratorError
 from orchestrator.logconfig import configure_logging
 from orchestrator.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 def _csv(value: str) -> list[str]:
@@ -61,31 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub.add_parser("upgrade", help="apply migrations up to the newest")
     db_sub.add_parser("current", help="print the schema's revision")
 
-    submit = sub.add_parser("submit", help="submit a job through the API")
-    submit.add_argument("type")
-    submit.add_argument("--payload", default="{}", help="JSON payload")
-    submit.add_argument("--priority", choices=["critical", "high", "normal", "low"])
-    submit.add_argument("--wait", action="store_true", help="wait for the job to finish")
-    submit.add_argument(
-        "--timeout", type=float, default=300.0, help="seconds --wait waits (default 300)"
-    )
-
-    get = sub.add_parser("get", help="show a job")
-    get.add_argument("job_id")
-
-    dlq = sub.add_parser("dlq", help="the dead-letter queue")
-    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
-    dlq_list = dlq_sub.add_parser("list", help="list dead-lettered jobs")
-    dlq_list.add_argument("--type", help="only this job type")
-    dlq_list.add_argument("--limit", type=int, default=50)
-    dlq_list.add_argument("--json", action="store_true", help="print JSON")
-    dlq_replay = dlq_sub.add_parser("replay", help="run dead-lettered jobs again")
-    dlq_replay.add_argument("job_ids", nargs="+", metavar="JOB_ID")
-
-    sub.add_parser("reclaim", help="run one reclaim pass now")
-    sub.add_parser("leader", help="show which replica leads")
     # Each area adds its own commands, with a `handler` default (see `_dispatch`).
-    for area in (cli_gpu, cli_fleet, cli_models):
+    for area in (cli_jobs, cli_ops, cli_gpu, cli_fleet, cli_models):
         area.add_commands(sub)
     return parser
 
@@ -103,18 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_json)
     try:
         return _dispatch(args, settings)
+    except UsageError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
     except OrchestratorError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
-        return 1
-    except httpx.ConnectError:
-        print(
-            f"error: cannot reach the orchestrator at {settings.resolved_api_url()} "
-            "(is it running? try `orchestrator up`, or set ORCH_API_URL)",
-            file=sys.stderr,
-        )
-        return 1
-    except httpx.HTTPError as exc:
-        print(f"error: {settings.resolved_api_url()}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -122,6 +91,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (`orchestrator leases | head`): not an error of ours.
         sys.stderr.close()
         return 0
+    except Exception as exc:
+        # Whatever broke, an operator's tool answers in one line, never a traceback.
+        print(f"error: {_describe(exc, settings)}", file=sys.stderr)
+        logger.debug("the command failed", exc_info=exc, extra={"event": "cli_failed"})
+        return 1
+
+
+def _describe(exc: Exception, settings: Settings) -> str:
+    """One line for an error that is not the API's answer: the server, or our own."""
+    url = settings.resolved_api_url()
+    if isinstance(exc, httpx.ConnectError):
+        return (
+            f"cannot reach the orchestrator at {url} "
+            "(is it running? try `orchestrator up`, or set ORCH_API_URL)"
+        )
+    if isinstance(exc, httpx.TimeoutException):
+        return f"the orchestrator at {url} did not answer in time"
+    if isinstance(exc, httpx.HTTPError | httpx.InvalidURL):
+        return f"{url}: {exc} (check ORCH_API_URL)"
+    if type(exc).__module__.startswith("sqlalchemy."):
+        # `db upgrade|current`: the driver's own error says it best (and not the password).
+        return f"database error: {_first_line(getattr(exc, 'orig', None) or exc)}"
+    return f"{type(exc).__name__}: {_first_line(exc)} (ORCH_LOG_LEVEL=DEBUG shows where)"
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:300]
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
@@ -159,16 +155,6 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         )
     if command == "db":
         return _db(args.db_command, settings)
-    if command == "submit":
-        return _submit(args, settings)
-    if command == "get":
-        return _show(_api(settings, "GET", f"/jobs/{args.job_id}"))
-    if command == "dlq":
-        return _dlq(args, settings)
-    if command == "reclaim":
-        return _show(_api(settings, "POST", "/control/reclaim"))
-    if command == "leader":
-        return _show(_api(settings, "GET", "/leader"))
     raise AssertionError(command)
 
 
@@ -187,59 +173,6 @@ def _db(action: str, settings: Settings) -> int:
     finally:
         store.close()
     return 0
-
-
-def _dlq(args: argparse.Namespace, settings: Settings) -> int:
-    if args.dlq_command == "replay":
-        for job_id in args.job_ids:
-            job = _api(settings, "POST", f"/dlq/{job_id}/replay")
-            print(f"{job['id']}: {job['status']}")
-        return 0
-    query = f"?limit={args.limit}" + (f"&type={args.type}" if args.type else "")
-    page = _api(settings, "GET", f"/dlq{query}")
-    if args.json:
-        return _show(page)
-    if not page["jobs"]:
-        print("no dead-lettered jobs")
-    for job in page["jobs"]:
-        error = " ".join((job["error"] or "").split())[:80]
-        print(f"{job['id']}  {job['type']:<20} attempts {job['attempts']:<3} {error}")
-    return 0
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _submit(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        payload = json.loads(args.payload, parse_constant=_reject_constant)
-    except ValueError as exc:
-        raise OrchestratorError(f"--payload is not JSON: {exc}") from None
-    body: dict[str, Any] = {"type": args.type, "payload": payload}
-    if args.priority:
-        body["priority"] = args.priority
-    job_id = _api(settings, "POST", "/jobs/submit", body)["job_id"]
-    if not args.wait:
-        print(job_id)
-        return 0
-    deadline = time.monotonic() + args.timeout
-    last = None
-    while True:
-        job = _api(settings, "GET", f"/jobs/{job_id}")
-        if job["status"] in ("done", "dead_letter", "cancelled"):
-            _show(job)
-            return 0 if job["status"] == "done" else 1
-        if time.monotonic() > deadline:
-            raise OrchestratorError(
-                f"job {job_id} is still {job['status']} after {args.timeout:g}s"
-            )
-        progress = json.dumps(job["progress"]) if job["progress"] is not None else ""
-        line = f"{job_id}: {job['status']} (attempt {job['attempts']}) {progress}"
-        if line != last:
-            print(line.rstrip(), file=sys.stderr)
-            last = line
-        time.sleep(0.25)
 
 
 if __name__ == "__main__":

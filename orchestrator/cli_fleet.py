@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
-from orchestrator.cli_support import api, show, table
+from orchestrator.cli_support import age, api, fields, json_flag, segment, show, table
 from orchestrator.settings import Settings
 
 
@@ -22,8 +22,12 @@ def _csv(value: str) -> list[str]:
 def add_commands(sub: Any) -> None:
     """Add this area's subcommands to the `orchestrator` parser; each sets `handler`
     (called as `handler(args, settings) -> exit code`)."""
-    pools = sub.add_parser("pools", help="worker pools: list, create, scale, drain, stop")
-    actions = pools.add_subparsers(dest="pools_command", required=True, metavar="ACTION")
+    pools = sub.add_parser(
+        "pools", help="worker pools: list (the default), create, scale, drain, stop"
+    )
+    json_flag(pools)
+    pools.set_defaults(handler=_list, node=None)
+    actions = pools.add_subparsers(dest="pools_command", metavar="ACTION")
 
     listing = actions.add_parser("list", help="list the pools")
     listing.add_argument("--node", help="only the pools this node's supervisor keeps")
@@ -73,13 +77,14 @@ def add_commands(sub: Any) -> None:
     delete.set_defaults(handler=_delete)
 
     policy = actions.add_parser("policy", help="run one pass of the leader's pool policy now")
-    policy.set_defaults(handler=_policy)
+    _json_flag(policy).set_defaults(handler=_policy)
 
     workers = sub.add_parser("workers", help="list registered workers and their jobs")
     workers.add_argument("--pool", help="only this pool's workers")
     workers.add_argument("--node", help="only this node's workers")
     workers.add_argument("--all", action="store_true", help="include stopped workers")
-    _json_flag(workers).set_defaults(handler=_workers)
+    json_flag(workers)
+    workers.set_defaults(handler=_workers)
 
     node = sub.add_parser("node", help="run the node supervisor of this host's worker pools")
     node.add_argument("--node", help="this node's name (ORCH_NODE_NAME; default: hostname)")
@@ -94,7 +99,8 @@ def add_commands(sub: Any) -> None:
 
 
 def _json_flag(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    """`--json` on a `pools` action (`pools --json ACTION` works too)."""
+    json_flag(parser, under_parent=True)
     return parser
 
 
@@ -190,7 +196,21 @@ def _delete(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _policy(args: argparse.Namespace, settings: Settings) -> int:
-    return show(api(settings, "POST", "/control/pool-policy"))
+    report = api(settings, "POST", "/control/pool-policy")
+    if args.json:
+        return show(report)
+    resized = ", ".join(f"{name} to {n}" for name, n in report["resized"].items())
+    print(
+        fields(
+            [
+                ("resized", resized or "none"),
+                ("lost workers", ", ".join(report["lost_workers"]) or "none"),
+                ("stopped pools", ", ".join(report["stopped_pools"]) or "none"),
+                ("pruned workers", report["pruned_workers"]),
+            ]
+        )
+    )
+    return 0
 
 
 def _print_pool(args: argparse.Namespace, pool: dict[str, Any]) -> int:
@@ -205,8 +225,7 @@ def _print_pool(args: argparse.Namespace, pool: dict[str, Any]) -> int:
 
 
 def _name(name: str) -> str:
-    """A pool name as a path segment: a slash in a typo must not reach another route."""
-    return quote(name, safe="")
+    return segment(name)
 
 
 # -- workers and nodes ------------------------------------------------------------------------
@@ -236,21 +255,12 @@ def _workers_table(workers: list[dict[str, Any]]) -> str:
             w["pool"],
             w["pid"],
             w["status"] if w["alive"] or w["status"] in ("stopped", "lost") else "silent",
-            _age(now, w["heartbeat_at"]),
+            age(w["heartbeat_at"], now),
             ",".join(w["current_jobs"]) or "-",
         )
         for w in workers
     ]
     return table(rows, ["ID", "NODE", "POOL", "PID", "STATUS", "HEARTBEAT", "JOBS"])
-
-
-def _age(now: datetime, stamp: str) -> str:
-    seconds = max(0.0, (now - datetime.fromisoformat(stamp)).total_seconds())
-    if seconds < 120:
-        return f"{seconds:.0f}s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m ago"
-    return f"{seconds / 3600:.0f}h ago"
 
 
 def _node(args: argparse.Namespace, settings: Settings) -> int:

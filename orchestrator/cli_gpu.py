@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from orchestrator.cli_support import api, show, table
+from orchestrator.cli_support import api, for_each, json_flag, segment, show, table, when
 from orchestrator.errors import OrchestratorError
 from orchestrator.settings import Settings
 
@@ -15,14 +15,15 @@ def add_commands(sub: Any) -> None:
     """Add this area's subcommands to the `orchestrator` parser; each sets `handler`
     (called as `handler(args, settings) -> exit code`)."""
     gpu = sub.add_parser("gpu", help="the GPUs of every node, and the leases on them")
-    gpu.add_argument("--json", action="store_true", help="print JSON")
+    json_flag(gpu)
     gpu.set_defaults(handler=_gpu)
 
-    leases = sub.add_parser("leases", help="GPU leases")
+    leases = sub.add_parser("leases", help="GPU leases: list (the default), take, release")
+    json_flag(leases)
     leases_sub = leases.add_subparsers(dest="leases_command", metavar="ACTION")
     listing = leases_sub.add_parser("list", help="active leases (the default)")
     listing.add_argument("--all", action="store_true", help="waiting ones too")
-    listing.add_argument("--json", action="store_true", help="print JSON")
+    json_flag(listing, under_parent=True)
     take = leases_sub.add_parser("take", help="take a lease (prints its token)")
     take.add_argument("agent")
     take.add_argument("est_vram_mb", type=int)
@@ -31,16 +32,20 @@ def add_commands(sub: Any) -> None:
     take.add_argument("--wait", type=float, default=0.0, help="seconds to queue for room")
     take.add_argument("--priority", choices=["critical", "high", "normal", "low"])
     take.add_argument("--node")
-    take.add_argument("--json", action="store_true", help="print JSON")
+    json_flag(take, under_parent=True)
     release = leases_sub.add_parser("release", help="release leases")
     release.add_argument("tokens", nargs="+", metavar="TOKEN")
-    leases.set_defaults(handler=_leases, leases_command="list", all=False, json=False)
+    json_flag(release, under_parent=True)
+    leases.set_defaults(handler=_leases, leases_command="list", all=False)
 
-    policy = sub.add_parser("policy", help="the admission policy")
+    # The policy is a JSON document: it prints as JSON with or without --json.
+    policy = sub.add_parser("policy", help="the admission policy (JSON)")
+    json_flag(policy)
     policy_sub = policy.add_subparsers(dest="policy_command", metavar="ACTION")
-    policy_sub.add_parser("show", help="print it (the default)")
+    json_flag(policy_sub.add_parser("show", help="print it (the default)"), under_parent=True)
     set_policy = policy_sub.add_parser("set", help="replace it with a JSON document")
     set_policy.add_argument("document", help="JSON, e.g. '{\"ageing_s\": 30}'")
+    json_flag(set_policy, under_parent=True)
     policy.set_defaults(handler=_policy, policy_command="show")
 
 
@@ -90,13 +95,21 @@ def _leases(args: argparse.Namespace, settings: Settings) -> int:
         if args.json:
             return show(lease)
         devices = ",".join(map(str, lease["devices"]))
-        print(f"{lease['token']}  {lease['node']} devices {devices}, until {lease['expires_at']}")
+        until = when(lease["expires_at"])
+        print(f"{lease['token']}  {lease['node']} devices {devices}, until {until} UTC")
         return 0
     if args.leases_command == "release":
-        for token in args.tokens:
-            lease = api(settings, "POST", f"/leases/{token}/release", {})
-            print(f"{lease['token']}: {lease['status']}")
-        return 0
+
+        def release(token: str) -> Any:
+            return api(settings, "POST", f"/leases/{segment(token)}/release", {})
+
+        released, refused = for_each(args.tokens, release)
+        if args.json:
+            show(released)
+        else:
+            for lease in released:
+                print(f"{lease['token']}: {lease['status']}")
+        return 1 if refused else 0
     query = "?status=active&status=waiting" if args.all else ""
     found = api(settings, "GET", f"/leases{query}")["leases"]
     if args.json:
@@ -114,7 +127,7 @@ def _leases(args: argparse.Namespace, settings: Settings) -> int:
             lease["est_vram_mb"],
             lease["priority"],
             lease["job_id"],
-            lease["expires_at"],
+            when(lease["expires_at"]),
         ]
         for lease in found
     ]

@@ -8,7 +8,7 @@ import time
 from typing import Any
 from urllib.parse import urlencode
 
-from orchestrator.cli_support import api, show, table
+from orchestrator.cli_support import api, json_flag, show, table
 from orchestrator.errors import OrchestratorError
 from orchestrator.settings import Settings
 
@@ -30,21 +30,36 @@ def add_commands(sub: Any) -> None:
     preload.add_argument(
         "--timeout", type=float, default=600.0, help="seconds --wait waits (default 600)"
     )
+    json_flag(preload)
     preload.set_defaults(handler=_preload)
 
     status = actions.add_parser("status", help="preloads: in progress, done, failed")
     status.add_argument("models", nargs="*", metavar="MODEL", help="only these models")
-    status.add_argument("--json", action="store_true", help="print JSON")
+    json_flag(status)
     status.set_defaults(handler=_status)
 
     warm = actions.add_parser("warm", help="the models warm on each node")
-    warm.add_argument("--json", action="store_true", help="print JSON")
+    json_flag(warm)
     warm.set_defaults(handler=_warm)
 
 
 def _preload(args: argparse.Namespace, settings: Settings) -> int:
     body = {"models": args.models, "refresh": args.refresh}
     answer = api(settings, "POST", "/models/preload", body)
+    if not args.json:
+        _print_preload(answer)
+    watched = [q["model_id"] for q in answer["queued"]]
+    watched += [s["model_id"] for s in answer["skipped"] if s["reason"] == "in_progress"]
+    report = _wait(settings, watched, args.timeout) if args.wait and watched else None
+    if args.json:
+        # With --wait, the status report it waited for (None: nothing to wait for).
+        show({**answer, "status": report} if args.wait else answer)
+    elif report is not None:
+        print(_status_table(report))
+    return 1 if report is not None and report["summary"]["failed"] else 0
+
+
+def _print_preload(answer: dict[str, Any]) -> None:
     for q in answer["queued"]:
         print(f"queued   {q['model_id']}  (job {q['job_id']})")
     for s in answer["skipped"]:
@@ -54,15 +69,6 @@ def _preload(args: argparse.Namespace, settings: Settings) -> int:
             else f"already {s['status'] or 'in progress'}"
         )
         print(f"skipped  {s['model_id']}  ({why}; --refresh loads it again)")
-    if not args.wait:
-        return 0
-    watched = [q["model_id"] for q in answer["queued"]]
-    watched += [s["model_id"] for s in answer["skipped"] if s["reason"] == "in_progress"]
-    if not watched:
-        return 0
-    report = _wait(settings, watched, args.timeout)
-    print(_status_table(report))
-    return 1 if report["summary"]["failed"] else 0
 
 
 def _wait(settings: Settings, model_ids: list[str], timeout_s: float) -> dict[str, Any]:

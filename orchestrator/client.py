@@ -21,18 +21,25 @@ answer at all, `WaitTimeout` when `wait` ran out of time. See docs/client.md.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 import httpx
 
 from orchestrator import __version__
+from orchestrator.client_errors import (
+    NOT_JSON,
+    ApiError,
+    LeaseDenied,
+    Unreachable,
+    WaitTimeout,
+    body_of,
+)
+from orchestrator.client_lease import GpuLease, Heartbeater, cpu_fallback
 from orchestrator.errors import OrchestratorError
 
 logger = logging.getLogger(__name__)
@@ -54,163 +61,14 @@ TERMINAL_STATUSES = frozenset({"done", "dead_letter", "cancelled"})
 # Answers that mean "the orchestrator cannot serve this now" rather than "no": safe mode,
 # degraded GPUs, or a proxy in front of a replica that is down. A CPU fallback covers them.
 _UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
-# Heartbeat answers that mean the lease is gone for good: expired, unknown, released.
-_LEASE_GONE_STATUSES = frozenset({404, 408, 409})
-
-
-class ApiError(OrchestratorError):
-    """The API answered with an error status.
-
-    `status` is the HTTP status, `code` the body's `error` (e.g. `job_not_found`), `message`
-    its `message`, `details` its `details` (a dict, or a list for validation errors), and
-    `body` the whole decoded body.
-    """
-
-    def __init__(self, status: int, code: str, message: str, body: Any = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.body: Any = body
-        self.details = (body.get("details") or {}) if isinstance(body, dict) else {}
-
-    @classmethod
-    def from_response(cls, response: httpx.Response) -> Self:
-        """The error an answer stands for (a body that is not JSON included)."""
-        body = _body_of(response)
-        if body is _NOT_JSON:
-            body = None
-        if isinstance(body, dict):
-            code = str(body.get("error") or "http_error")
-            message = str(body.get("message") or response.reason_phrase)
-        else:
-            code = "http_error"
-            text = " ".join(response.text.split())[:200]
-            message = f"not an orchestrator answer: {text or response.reason_phrase}"
-        return cls(response.status_code, code, message, body)
-
-    def __str__(self) -> str:
-        return f"{self.status} {self.code}: {self.message}"
-
-
-class LeaseDenied(ApiError):
-    """A lease request was not granted (409): `reason` says why (e.g. `insufficient_vram`,
-    `exceeds_capacity`, `quota_vram`, `wait_timeout`), `estimated_wait_ms` roughly when
-    capacity might free (None: unknown)."""
-
-    def __init__(self, status: int, code: str, message: str, body: Any = None) -> None:
-        super().__init__(status, code, message, body)
-        fields = body if isinstance(body, dict) else {}
-        self.reason: str = str(fields.get("reason") or code)
-        wait = fields.get("estimated_wait_ms")
-        self.estimated_wait_ms: int | None = int(wait) if isinstance(wait, int | float) else None
-
-
-class Unreachable(OrchestratorError):
-    """The orchestrator could not be reached, or did not answer in time. `url` is where
-    it was asked. The request may or may not have been carried out."""
-
-    code = "unreachable"
-
-    def __init__(self, message: str, url: str) -> None:
-        super().__init__(message, url=url)
-        self.url = url
-
-
-class WaitTimeout(OrchestratorError):
-    """`wait` ran out of time before the job finished; `job` is its last state seen."""
-
-    code = "wait_timeout"
-
-    def __init__(self, job_id: str, timeout: float, job: dict[str, Any] | None) -> None:
-        status = job["status"] if job else "unknown"
-        super().__init__(
-            f"job {job_id} is still {status} after {timeout:g}s", job_id=job_id, status=status
-        )
-        self.job_id = job_id
-        self.job = job
-
-
-@dataclass(eq=False)
-class GpuLease:
-    """A GPU lease held inside `with gpu_lease(...)`.
-
-    `devices` are the device indices on `node` (NVML's order); `cpu` is True for the CPU
-    lease a `fallback="cpu"` gives when the orchestrator does not answer (no devices, no
-    token). `lost` turns True when a heartbeat finds the lease gone (expired, unknown or
-    released by someone else): the VRAM is no longer reserved for this block.
-    """
-
-    token: str | None
-    node: str | None
-    devices: list[int]
-    expires_at: datetime | None = None
-    cpu: bool = False
-    lost: bool = False
-    info: dict[str, Any] = field(default_factory=dict, repr=False)  # the API's whole lease
-    peak_vram_mb: int | None = None
-    used_vram_mb: int | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    @property
-    def short_token(self) -> str:
-        """The token's first characters, for logs (the whole token lets anyone release it)."""
-        return (self.token or "cpu")[:8]
-
-    @property
-    def cuda_visible_devices(self) -> str:
-        """The devices as CUDA_VISIBLE_DEVICES wants them: "0,1"; "" (no GPU) for CPU."""
-        return ",".join(str(d) for d in self.devices)
-
-    def env(self) -> dict[str, str]:
-        """Environment variables that confine a child process to this lease's devices.
-
-        CUDA numbers devices fastest first unless told otherwise; the lease's indices are
-        NVML's, which follow the PCI bus, so the order is pinned to match.
-
-        >>> subprocess.run(cmd, env={**os.environ, **lease.env()})
-        """
-        return {
-            "CUDA_VISIBLE_DEVICES": self.cuda_visible_devices,
-            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
-        }
-
-    def report_vram(self, mb: int) -> None:
-        """Report the VRAM in use now (MB per device). The latest value goes with each
-        following heartbeat (`used_vram_mb`, so admission counts what is really used) and
-        the peak with the release (`peak_vram_mb`)."""
-        if mb < 0:
-            raise ValueError("report_vram: mb must be >= 0")
-        with self._lock:
-            self.used_vram_mb = mb
-            self.peak_vram_mb = mb if self.peak_vram_mb is None else max(self.peak_vram_mb, mb)
-
-    @classmethod
-    def of(cls, body: dict[str, Any]) -> GpuLease:
-        """A lease from the API's JSON."""
-        return cls(
-            token=str(body["token"]),
-            node=body.get("node"),
-            devices=[int(d) for d in body.get("devices") or []],
-            expires_at=_parse_time(body.get("expires_at")),
-            info=body,
-        )
-
-    @classmethod
-    def cpu_only(cls) -> GpuLease:
-        """The lease a CPU fallback yields: no devices, nothing held on the orchestrator."""
-        return cls(token=None, node=None, devices=[], cpu=True)
-
-    def _renewed(self, body: dict[str, Any]) -> None:
-        with self._lock:
-            self.expires_at = _parse_time(body.get("expires_at")) or self.expires_at
-            self.info = body
 
 
 class OrchestratorClient:
     """A client of the orchestrator's HTTP API, over one reusable connection pool.
 
     `base_url` defaults to the settings' API URL (`ORCH_API_URL`, else `ORCH_HOST`/`ORCH_PORT`);
-    `token` is sent as `Authorization: Bearer <token>`; `timeout` (seconds) bounds each
+    `token` is sent as `Authorization: Bearer <token>` (default `ORCH_API_TOKEN`; "" sends
+    none); `timeout` (seconds) bounds each
     request. It is safe to share between threads. Close it, or use it as a context manager:
 
     >>> with OrchestratorClient() as client:
@@ -225,10 +83,12 @@ class OrchestratorClient:
         timeout: float = 10.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        if base_url is None:
+        if base_url is None or token is None:
             from orchestrator.settings import Settings
 
-            base_url = Settings().resolved_api_url()
+            settings = Settings()
+            base_url = settings.resolved_api_url() if base_url is None else base_url
+            token = settings.api_token if token is None else token
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         headers = {"user-agent": f"gpu-orchestrator-client/{__version__}"}
@@ -416,10 +276,10 @@ class OrchestratorClient:
             yield lease
             return
         interval = float(lease.info.get("ttl_s") or ttl_s) / 3
-        beater: _Heartbeater | None = None
+        beater: Heartbeater | None = None
         success = False
         try:
-            beater = _Heartbeater(self, lease, interval, connect_timeout)
+            beater = Heartbeater(self, lease, interval, connect_timeout)
             beater.start()
             yield lease
             success = True
@@ -444,10 +304,10 @@ class OrchestratorClient:
         except Unreachable as exc:
             if fallback != "cpu":
                 raise
-            return _cpu_fallback(agent, exc.message)
+            return cpu_fallback(agent, exc.message)
         if response.status_code in _UNAVAILABLE_STATUSES and fallback == "cpu":
             error = ApiError.from_response(response)
-            return _cpu_fallback(agent, str(error))
+            return cpu_fallback(agent, str(error))
         if response.status_code == 409:
             raise LeaseDenied.from_response(response)
         lease = GpuLease.of(self._decode(response))
@@ -542,76 +402,10 @@ class OrchestratorClient:
     def _decode(response: httpx.Response) -> Any:
         if response.status_code >= 400:
             raise ApiError.from_response(response)
-        body = _body_of(response)
-        if body is _NOT_JSON:
+        body = body_of(response)
+        if body is NOT_JSON:
             raise ApiError.from_response(response)
         return body
-
-
-class _Heartbeater:
-    """Renews one lease every `interval` seconds until stopped or the lease is gone."""
-
-    def __init__(
-        self, client: OrchestratorClient, lease: GpuLease, interval: float, connect: float
-    ) -> None:
-        self.client = client
-        self.lease = lease
-        self.interval = interval
-        # An answer later than the next beat is no use: the next beat will ask again.
-        self.timeout = httpx.Timeout(min(client.timeout, max(interval, 1.0)), connect=connect)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"lease-heartbeat-{lease.short_token}", daemon=True
-        )
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(self.timeout.read or self.interval + 1.0)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            if not self._beat():
-                return
-
-    def _beat(self) -> bool:
-        """One heartbeat; False when the lease is gone and beating is over."""
-        lease = self.lease
-        try:
-            self.client._heartbeat(lease, self.timeout)
-        except ApiError as exc:
-            if exc.status in _LEASE_GONE_STATUSES:
-                lease.lost = True
-                logger.warning(
-                    "lease %s is lost (%s): its VRAM is no longer reserved for this block",
-                    lease.short_token,
-                    exc,
-                    extra={"event": "lease_lost", "lease": lease.short_token, "status": exc.status},
-                )
-                return False
-            self._missed(exc)
-        except Unreachable as exc:
-            self._missed(exc)
-        except Exception as exc:  # never let the thread die silently with the lease held
-            logger.exception(
-                "lease %s: heartbeat crashed",
-                lease.short_token,
-                extra={"event": "lease_heartbeat_crashed", "lease": lease.short_token},
-            )
-            self._missed(exc)
-        return True
-
-    def _missed(self, exc: Exception) -> None:
-        # A missed beat is retried at the next one; the ttl allows two misses in a row.
-        logger.warning(
-            "lease %s: heartbeat failed (%s); retrying in %.1fs",
-            self.lease.short_token,
-            exc,
-            self.interval,
-            extra={"event": "lease_heartbeat_failed", "lease": self.lease.short_token},
-        )
 
 
 @contextmanager
@@ -656,35 +450,6 @@ def gpu_lease(
         ) as lease,
     ):
         yield lease
-
-
-def _cpu_fallback(agent: str, why: str) -> GpuLease:
-    logger.warning(
-        "no GPU lease for %s (%s): running on CPU",
-        agent,
-        why,
-        extra={"event": "lease_cpu_fallback", "agent": agent},
-    )
-    return GpuLease.cpu_only()
-
-
-_NOT_JSON: Any = object()
-
-
-def _body_of(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return _NOT_JSON
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        return None
 
 
 def _jsonable(value: Any) -> Any:

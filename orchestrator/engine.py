@@ -125,7 +125,13 @@ class Engine:
         # stops.
         if self.leases is not None and now >= self._next_sweep:
             self._next_sweep = now + self.settings.lease_sweep_interval_s
-            self.leases.sweep()
+            try:
+                self.leases.sweep()
+            except Unavailable:
+                raise
+            except Exception:
+                # A bad turn of the sweep (a deadlock, say) must not stop the scheduler.
+                logger.exception("lease sweep failed", extra={"event": "lease_sweep_error"})
         self.tick()
         if now >= self._next_reclaim:
             self._next_reclaim = now + self.settings.reclaim_interval_s

@@ -9,13 +9,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from orchestrator.admission import Limits
+from orchestrator.admission import Book, Limits
 from orchestrator.clock import Clock
 from orchestrator.errors import InvalidRequest, LeaseNotFound
-from orchestrator.leases import Denial, DenyReason, Lease, LeaseOutcome, LeaseRequest, LeaseStatus
-from orchestrator.metrics import Metrics
+from orchestrator.leases import (
+    AdmissionPolicy,
+    Denial,
+    DenyReason,
+    Lease,
+    LeaseOutcome,
+    LeaseRequest,
+    LeaseStatus,
+)
+from orchestrator.metrics import LeaseMetrics
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from orchestrator.store.gpu_base import Sweep
@@ -29,12 +37,16 @@ WAIT_POLL_S = 0.1
 
 class LeaseService:
     def __init__(
-        self, store: Store, settings: Settings, clock: Clock, metrics: Metrics | None = None
+        self,
+        store: Store,
+        settings: Settings,
+        clock: Clock,
+        metrics: LeaseMetrics | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.clock = clock
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or LeaseMetrics()
         self._changed = threading.Condition()
 
     @property
@@ -52,7 +64,10 @@ class LeaseService:
         if outcome.lease is not None and outcome.lease.status is LeaseStatus.WAITING:
             token, deadline = outcome.lease.token, started + request.wait_s
             waited: LeaseOutcome | None = None
-            while waited is None and time.monotonic() < deadline and not (abandon and abandon()):
+            while waited is None and time.monotonic() < deadline:
+                if abandon is not None and abandon():
+                    waited = self.cancel(token)
+                    break
                 with self._changed:
                     self._changed.wait(min(WAIT_POLL_S, max(0.0, deadline - time.monotonic())))
                 waited = self.check(token)
@@ -66,7 +81,9 @@ class LeaseService:
             return LeaseOutcome(
                 None, Denial(DenyReason.SAFE_MODE, "SAFE_MODE is on: no new leases are granted")
             )
-        return self.store.request_lease(request, self.clock.now(), self.limits)
+        outcome = self.store.request_lease(request, self.clock.now(), self.limits)
+        self._count_expired(outcome.expired)
+        return outcome
 
     def check(self, token: str) -> LeaseOutcome | None:
         """A waiting request's state: granted, ended (timed out by the sweep), or None
@@ -84,6 +101,14 @@ class LeaseService:
         """The wait is over (deadline, or the caller went away): granted at the last
         moment, or `timed_out`."""
         return self.store.finish_wait(token, self.clock.now(), self.limits)
+
+    def cancel(self, token: str) -> LeaseOutcome:
+        """The caller stopped waiting (hung up, shutting down): nothing is granted to it."""
+        self.store.cancel_wait(token, self.clock.now(), self.limits)
+        self._wake()
+        return LeaseOutcome(
+            None, Denial(DenyReason.WAIT_TIMEOUT, "the caller stopped waiting for a lease")
+        )
 
     def settle(self, request: LeaseRequest, outcome: LeaseOutcome, started: float) -> LeaseOutcome:
         """Count and log a request's final outcome."""
@@ -112,6 +137,13 @@ class LeaseService:
         if not 0 <= request.wait_s <= s.lease_max_wait_s:
             raise InvalidRequest(f"wait_s must be in [0, {s.lease_max_wait_s:g}]")
 
+    def nodes_that_could_hold(self, est_vram_mb: int, gpu_count: int) -> set[str]:
+        """The nodes with `gpu_count` devices big enough for `est_vram_mb` once free."""
+        request = LeaseRequest(agent="-", est_vram_mb=est_vram_mb, gpu_count=gpu_count)
+        policy = AdmissionPolicy()  # capacity alone: no quotas
+        book = Book(self.store.list_devices(), (), policy, self.limits, self.clock.now())
+        return book.possible_nodes(request)
+
     def get(self, token: str) -> Lease:
         lease = self.store.get_lease(token)
         if lease is None:
@@ -136,9 +168,15 @@ class LeaseService:
     def sweep(self) -> Sweep:
         """The leader's pass (see `Store.sweep_leases`); counts and logs what expired."""
         sweep = self.store.sweep_leases(self.clock.now(), self.limits)
-        if sweep.expired:
-            self.metrics.lease_expired.inc(len(sweep.expired))
-        for lease in sweep.expired:
+        self._count_expired(sweep.expired)
+        if sweep.granted:
+            self._wake()
+        return sweep
+
+    def _count_expired(self, expired: Sequence[Lease]) -> None:
+        if expired:
+            self.metrics.lease_expired.inc(len(expired))
+        for lease in expired:
             logger.warning(
                 "lease %s of %s expired (not heartbeated within %gs)%s",
                 lease.token[:8],
@@ -147,9 +185,6 @@ class LeaseService:
                 f"; job {lease.job_id} loses its GPU" if lease.job_id else "",
                 extra={"event": "lease_expired", "lease": lease.token[:8], "job_id": lease.job_id},
             )
-        if sweep.granted:
-            self._wake()
-        return sweep
 
     def _wake(self) -> None:
         with self._changed:

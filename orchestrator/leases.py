@@ -120,10 +120,14 @@ class LeaseOutcome:
 
     lease: Lease | None
     denial: Denial | None = None
+    expired: tuple[Lease, ...] = ()  # leases this decision found expired (for the metric)
 
     @property
     def granted(self) -> bool:
         return self.lease is not None and self.lease.is_active
+
+
+MAX_QUOTAS = 10_000
 
 
 class Quota(BaseModel):
@@ -147,7 +151,7 @@ class AdmissionPolicy(BaseModel):
     )
     default_quota: Quota = Field(default_factory=Quota, description="For agents not listed.")
     quotas: dict[Annotated[str, Field(min_length=1, max_length=128)], Quota] = Field(
-        default_factory=dict, description="Per agent."
+        default_factory=dict, max_length=MAX_QUOTAS, description="Per agent."
     )
 
     def quota_of(self, agent: str) -> Quota:

@@ -1,18 +1,20 @@
 """Prometheus metrics, prefix `gpu_orchestrator_`: counters the API and engine keep, and
 gauges read from the database and Redis at scrape time (so any replica reports the truth).
-Every metric is listed in docs/metrics.md."""
+Workers keep their own (workers/metrics.py). Every metric is listed in docs/metrics.md."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import timedelta
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from orchestrator.clock import Clock, SystemClock
 from orchestrator.errors import Unavailable
+from orchestrator.fleet import PoolStatus, WorkerStatus
 from orchestrator.jobs import JobStatus
 from orchestrator.store import Store
 from orchestrator.streams import Streams
@@ -21,12 +23,45 @@ logger = logging.getLogger(__name__)
 
 PREFIX = "gpu_orchestrator_"
 
+# Worker rows read per scrape: far above any fleet's size (pools cap it at
+# pool_max_total_workers), so the gauge is never a silent undercount.
+MAX_WORKER_ROWS = 100_000
 
-class Metrics:
-    """One registry per process (no module-level singletons)."""
+
+class LeaseMetrics:
+    """The GPU lease metrics, kept where leases are asked for: by the API for agents' leases,
+    and by each worker for its jobs' leases, on that process's own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        registry = registry if registry is not None else CollectorRegistry()
+        self.leases_granted = Counter(
+            f"{PREFIX}leases_granted_total", "GPU leases granted.", registry=registry
+        )
+        self.leases_denied = Counter(
+            f"{PREFIX}leases_denied_total",
+            "GPU lease requests denied (after any wait), by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.lease_expired = Counter(
+            f"{PREFIX}lease_expired_total",
+            "GPU leases that expired, not heartbeated within their ttl (counted by the leader).",
+            registry=registry,
+        )
+        self.lease_wait = Histogram(
+            f"{PREFIX}lease_wait_seconds",
+            "Time from a lease request to its grant.",
+            buckets=(0.001, 0.005, 0.025, 0.1, 0.5, 1, 2.5, 10, 30, 60, 300),
+            registry=registry,
+        )
+
+
+class Metrics(LeaseMetrics):
+    """The API process's metrics. One registry per process (no module-level singletons)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        super().__init__(self.registry)
         self.jobs_submitted = Counter(
             f"{PREFIX}jobs_submitted_total",
             "Jobs created by submits.",
@@ -40,29 +75,29 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
-        self.leases_granted = Counter(
-            f"{PREFIX}leases_granted_total", "GPU leases granted.", registry=self.registry
-        )
-        self.leases_denied = Counter(
-            f"{PREFIX}leases_denied_total",
-            "GPU lease requests denied (after any wait), by reason.",
-            ["reason"],
-            registry=self.registry,
-        )
-        self.lease_expired = Counter(
-            f"{PREFIX}lease_expired_total",
-            "GPU leases that expired, not heartbeated within their ttl (counted by the leader).",
-            registry=self.registry,
-        )
-        self.lease_wait = Histogram(
-            f"{PREFIX}lease_wait_seconds",
-            "Time from a lease request to its grant.",
-            buckets=(0.001, 0.005, 0.025, 0.1, 0.5, 1, 2.5, 10, 30, 60, 300),
+        # The same name as the workers' counter: summed over every target, all dead letters.
+        self.dead_letters = Counter(
+            f"{PREFIX}dead_letters_total",
+            "Jobs dead-lettered here (the API: by the reclaimer, the last attempt's worker "
+            "died), by type.",
+            ["type"],
             registry=self.registry,
         )
 
-    def watch(self, store: Store, streams: Streams, is_leader: Callable[[], bool]) -> None:
-        self.registry.register(StateCollector(store, streams, is_leader))
+    def watch(
+        self,
+        store: Store,
+        streams: Streams,
+        is_leader: Callable[[], bool],
+        *,
+        clock: Clock | None = None,
+        stale_after_s: float = 30.0,
+    ) -> None:
+        """Add the scrape-time gauges. `stale_after_s` (the visibility timeout) is how old a
+        worker's heartbeat may be before the worker counts as lost."""
+        self.registry.register(
+            StateCollector(store, streams, is_leader, clock=clock, stale_after_s=stale_after_s)
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -72,10 +107,20 @@ class StateCollector(Collector):
     """Gauges read at scrape time. A backend that does not answer makes
     `gpu_orchestrator_scrape_error` 1 instead of failing the scrape."""
 
-    def __init__(self, store: Store, streams: Streams, is_leader: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        streams: Streams,
+        is_leader: Callable[[], bool],
+        *,
+        clock: Clock | None = None,
+        stale_after_s: float = 30.0,
+    ) -> None:
         self.store = store
         self.streams = streams
         self.is_leader = is_leader
+        self.clock = clock or SystemClock()
+        self.stale_after_s = stale_after_s
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         leader = GaugeMetricFamily(f"{PREFIX}leader", "1 if this replica leads.")
@@ -96,19 +141,19 @@ class StateCollector(Collector):
             f"{PREFIX}dead_letter_jobs", "Dead-lettered jobs, by type.", labels=["type"]
         )
         dead_by_type: dict[str, float] = {}
-        gpu_families: list[GaugeMetricFamily] = []
+        db_families: list[GaugeMetricFamily] = []
         try:
             for job_type, status, band, count in self.store.queue_depths():
                 if status == JobStatus.DEAD_LETTER:
                     dead_by_type[job_type] = dead_by_type.get(job_type, 0.0) + float(count)
                 else:
                     depth.add_metric([job_type, status, band.label], float(count))
-            gpu_families = self._gpu_families()
+            db_families = self._gpu_families() + self._fleet_families()
             errors.add_metric(["database"], 0.0)
         except Unavailable as exc:
             logger.warning("metrics: %s", exc, extra={"event": "scrape_error"})
             errors.add_metric(["database"], 1.0)
-        yield from gpu_families
+        yield from db_families
         yield depth
         for job_type, dead_count in sorted(dead_by_type.items()):
             dead.add_metric([job_type], dead_count)
@@ -156,7 +201,7 @@ class StateCollector(Collector):
         )
         held: dict[tuple[str, int], int] = {}
         per_node: dict[str, int] = {}
-        now = datetime.now(UTC).replace(tzinfo=None)
+        now = self.clock.now()
         for lease in self.store.list_leases():
             if lease.node is None or not lease.is_live(now):
                 continue
@@ -176,3 +221,30 @@ class StateCollector(Collector):
         for node, count in sorted(per_node.items()):
             active.add_metric([node], float(count))
         return [total, used, leased, util, temp, healthy, active]
+
+    def _fleet_families(self) -> list[GaugeMetricFamily]:
+        """Workers by pool and status from their rows, and what each active pool wants."""
+        stale_before = self.clock.now() - timedelta(seconds=self.stale_after_s)
+        workers = GaugeMetricFamily(
+            f"{PREFIX}workers",
+            "Registered worker processes (not stopped) by pool ('' for none) and status "
+            "(running, draining, lost: no heartbeat within the visibility timeout).",
+            labels=["pool", "status"],
+        )
+        counts: dict[tuple[str, str], int] = {}
+        for w in self.store.list_workers(limit=MAX_WORKER_ROWS):
+            # The leader marks a silent worker lost on its next pass; the heartbeat says so now.
+            status = w.status.value if w.alive(stale_before) else WorkerStatus.LOST.value
+            key = (w.pool or "", status)
+            counts[key] = counts.get(key, 0) + 1
+        for (pool, status), count in sorted(counts.items()):
+            workers.add_metric([pool, status], float(count))
+        desired = GaugeMetricFamily(
+            f"{PREFIX}pool_desired_workers",
+            "Worker processes each active pool wants.",
+            labels=["pool"],
+        )
+        for p in self.store.list_pools(stale_before):
+            if p.status is PoolStatus.ACTIVE:
+                desired.add_metric([p.name], float(p.desired))
+        return [workers, desired]

@@ -151,6 +151,9 @@ class PoolPolicy:
         stale_before = now - timedelta(seconds=self.settings.visibility_timeout_s)
         if judge_heartbeats:
             report.lost_workers = self.store.mark_lost_workers(stale_before, now)
+            if report.lost_workers:
+                # Their models went with them (a graceful stop forgets its own).
+                self.store.forget_warm(worker_ids=report.lost_workers)
             for worker_id in report.lost_workers:
                 logger.warning(
                     "worker %s lost: no heartbeat within the visibility timeout",

@@ -113,6 +113,7 @@ class Reclaimer:
             for r in batch:
                 if r.status is JobStatus.DEAD_LETTER:
                     report.dead_lettered += 1
+                    self.metrics.dead_letters.labels(r.type).inc()
                     try:
                         self.streams.dead_letter(r.dispatch, LOST_WORKER_ERROR)
                     except Unavailable as exc:
@@ -122,7 +123,11 @@ class Reclaimer:
                             "job %s: dead-lettered, but not copied to the DLQ stream: %s",
                             r.job_id,
                             exc,
-                            extra={"event": "dlq_copy_failed", "job_id": r.job_id},
+                            extra={
+                                "event": "dlq_copy_failed",
+                                "job_id": r.job_id,
+                                "attempt": r.attempt,
+                            },
                         )
             if len(batch) < BATCH:
                 return

@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     api_url: str = Field(
         "", description="Where the CLI and the client find the API. Empty: ORCH_HOST:ORCH_PORT."
     )
+    api_token: str = Field(
+        "",
+        description="Bearer token the CLI and the client send. Empty: none.",
+    )
 
     # Jobs.
     max_payload_bytes: int = Field(1 << 20, ge=1, description="Largest job payload (JSON bytes).")
@@ -108,6 +112,23 @@ class Settings(BaseSettings):
         10.0, ge=0, description="How long a cancelled handler may run before it is stopped."
     )
     up_workers: int = Field(2, ge=0, description="Worker processes that `orchestrator up` starts.")
+    worker_metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="First port a worker serves its own /metrics on (several workers on one "
+        "host take the next free ones). 0: off.",
+    )
+    worker_metrics_host: str = Field(
+        "127.0.0.1", description="Address a worker's /metrics binds to."
+    )
+    worker_metrics_port_span: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="How many ports from ORCH_WORKER_METRICS_PORT a worker tries: at least "
+        "the most workers one host runs.",
+    )
 
     # GPUs and leases.
     node_name: str = Field(

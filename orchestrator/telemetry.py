@@ -33,9 +33,12 @@ class GpuReporter:
 
     def report_once(self) -> NodeReading:
         """Read the devices and store the reading; raises `Unavailable` if the database
-        does not answer."""
+        does not answer. A process that sees no GPUs stores nothing: on a GPU node another
+        process (with NVML) reports them, and must not be contradicted."""
         reading = self.probe.read()
-        self.store.report_node(self.node, reading, self.clock.now(), self.settings.gpu_temp_limit_c)
+        if reading.source != "none":
+            limit = self.settings.gpu_temp_limit_c
+            self.store.report_node(self.node, reading, self.clock.now(), limit)
         return reading
 
     def _run(self) -> None:

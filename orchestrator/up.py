@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
 import socket
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
@@ -16,6 +18,7 @@ from orchestrator import migrate
 from orchestrator.api.app import create_app
 from orchestrator.errors import OrchestratorError
 from orchestrator.gpu import build_probe
+from orchestrator.sdnotify import LoopProbe, Notifier, Watchdog, all_of
 from orchestrator.settings import EMBEDDED, Settings
 from orchestrator.streams.embedded import EmbeddedRedis
 from orchestrator.telemetry import GpuReporter
@@ -26,7 +29,36 @@ logger = logging.getLogger(__name__)
 
 
 class _Server(uvicorn.Server):
-    """Uvicorn, minus its re-raising of SIGINT after shutdown (a traceback on every Ctrl-C)."""
+    """Uvicorn, minus its re-raising of SIGINT after shutdown (a traceback on every Ctrl-C).
+
+    Under systemd it says READY=1 once it listens, feeds the watchdog while its event loop
+    answers and `alive()` passes, and says STOPPING=1 when it begins to shut down."""
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        notifier: Notifier | None = None,
+        alive: Callable[[], bool] = lambda: True,
+        describe: Callable[[], str] | None = None,
+    ) -> None:
+        super().__init__(config)
+        self.notifier = notifier or Notifier(None)
+        self.watchdog: Watchdog | None = None
+        self._alive = alive
+        self._describe = describe
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:  # listening: what the units ordered after us wait for
+            self.notifier.ready(self._describe() if self._describe else None)
+            loop_answers = LoopProbe(asyncio.get_running_loop())
+            self.watchdog = self.notifier.watch(
+                all_of(loop_answers, self._alive), describe=self._describe
+            )
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.notifier.stopping("stopping: finishing requests, then the engine")
+        await super().shutdown(sockets)
 
     @contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -54,6 +86,13 @@ def serve(settings: Settings, *, run_engine: bool = True) -> None:
         reporter.start()
     else:
         probe.close()
+    notifier = Notifier.from_env()
+
+    def describe() -> str:
+        role = "leader" if services.engine.leading else "standby"
+        return f"API on {settings.host}:{settings.port}; " + (role if run_engine else "no engine")
+
+    server: _Server | None = None
     try:
         server = _Server(
             uvicorn.Config(
@@ -62,13 +101,25 @@ def serve(settings: Settings, *, run_engine: bool = True) -> None:
                 port=settings.port,
                 log_config=None,
                 timeout_graceful_shutdown=10,
-            )
+            ),
+            notifier,
+            alive=_engine_running if run_engine else lambda: True,
+            describe=describe,
         )
         server.run()
     finally:
+        if server is not None and server.watchdog is not None:
+            server.watchdog.stop()
+        notifier.close()
         if reporter is not None:
             reporter.stop()
         services.close()
+
+
+def _engine_running() -> bool:
+    """The engine's thread (`Engine.start` names it) is alive: it rides out outages and ends
+    only at shutdown, so without it this replica neither leads nor stands for leader."""
+    return any(t.name == "engine" and t.is_alive() for t in threading.enumerate())
 
 
 def up(settings: Settings, *, workers: int, concurrency: int) -> None:

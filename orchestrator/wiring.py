@@ -82,7 +82,13 @@ def build_services(
         pool_policy=pool_policy,
         leases=leases,
     )
-    metrics.watch(store, streams, lambda: engine.leading)
+    metrics.watch(
+        store,
+        streams,
+        lambda: engine.leading,
+        clock=clock,
+        stale_after_s=settings.visibility_timeout_s,
+    )
     jobs = JobService(store, streams, settings, clock, metrics)
     return Services(
         settings=settings,

@@ -28,6 +28,7 @@ def test_configuration_doc__render_replaces_a_stale_table() -> None:
 
 def test_metrics_doc__lists_every_metric() -> None:
     from orchestrator.metrics import Metrics, StateCollector
+    from workers.metrics import WorkerMetrics
 
     class NoState:
         def queue_depths(self) -> list[object]:
@@ -42,8 +43,15 @@ def test_metrics_doc__lists_every_metric() -> None:
         def list_devices(self) -> list[object]:
             return []
 
+        def list_workers(self, **_: object) -> list[object]:
+            return []
+
+        def list_pools(self, *_: object) -> list[object]:
+            return []
+
     families = [*Metrics().registry.collect()]
     families += StateCollector(NoState(), NoState(), lambda: False).collect()  # type: ignore[arg-type]
+    families += WorkerMetrics().registry.collect()
     doc = (ROOT / "docs" / "metrics.md").read_text()
     assert len(families) >= 7
     for family in families:

@@ -79,6 +79,7 @@ class JobContext:
         # worker that has them, e.g. in a handler's unit test).
         self.models = models
         self.peak_vram_mb: int | None = None
+        self.vram_used_mb: int | None = None
         self._cancel = threading.Event()
         self.logger = logging.LoggerAdapter(
             logging.getLogger(f"workers.jobs.{job_type}"),
@@ -105,8 +106,10 @@ class JobContext:
         self._report_progress(value)
 
     def report_vram(self, used_mb: int) -> None:
-        """Tell the orchestrator how much VRAM the job uses now; the peak is recorded when
-        its lease is released."""
+        """Tell the orchestrator how much VRAM the job uses now: sent with the next
+        heartbeat of its lease (so admission on its devices counts it once, measured), and
+        its peak is recorded when the lease is released."""
+        self.vram_used_mb = int(used_mb)
         self.peak_vram_mb = max(self.peak_vram_mb or 0, int(used_mb))
 
     def _set_cancelled(self) -> None:

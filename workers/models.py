@@ -162,7 +162,7 @@ class WarmModels:
                 logger.info(
                     "model %s: a newer preload request exists; loading anyway",
                     model_id,
-                    extra={"event": "preload_superseded", "job_id": ctx.id},
+                    extra={"event": "preload_superseded", "job_id": ctx.id, "attempt": ctx.attempt},
                 )
             loaded, fresh = self._load(model_id, refresh=refresh, folder=path)
             self.store.mark_preload_done(model_id, ctx.id, self.node, self.clock.now())
@@ -175,7 +175,12 @@ class WarmModels:
             self.node,
             loaded.size_bytes,
             "loaded" if fresh else "already loaded",
-            extra={"event": "model_preloaded", "job_id": ctx.id, "model_id": model_id},
+            extra={
+                "event": "model_preloaded",
+                "job_id": ctx.id,
+                "attempt": ctx.attempt,
+                "model_id": model_id,
+            },
         )
         return {
             "model_id": model_id,
@@ -235,7 +240,12 @@ class WarmModels:
             "model %s: preload failed: %s",
             model_id,
             error,
-            extra={"event": "preload_failed", "job_id": ctx.id, "model_id": model_id},
+            extra={
+                "event": "preload_failed",
+                "job_id": ctx.id,
+                "attempt": ctx.attempt,
+                "model_id": model_id,
+            },
         )
         try:
             self.store.mark_preload_failed(model_id, ctx.id, self.node, error, self.clock.now())
@@ -245,7 +255,11 @@ class WarmModels:
                 "model %s: could not record the failure: %s",
                 model_id,
                 db_exc,
-                extra={"event": "preload_failure_unrecorded", "job_id": ctx.id},
+                extra={
+                    "event": "preload_failure_unrecorded",
+                    "job_id": ctx.id,
+                    "attempt": ctx.attempt,
+                },
             )
 
 

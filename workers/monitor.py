@@ -14,6 +14,7 @@ from orchestrator.jobs import Claim
 from orchestrator.leases import Lease
 from orchestrator.settings import Settings
 from orchestrator.store import Store
+from orchestrator.store.gpu_base import Renewal
 from orchestrator.streams import Delivery
 from workers.context import JobCancelled, JobContext, JobInterrupted, JobLeaseLost, JobTimeout
 from workers.interrupt import raise_in_thread
@@ -40,6 +41,9 @@ class Running:
     finished: bool = False
     released: bool = False
     lease: Lease | None = None  # the job's GPU lease, heartbeated with it
+    # Monotonic time by which the lease surely expired unless renewed since: past it, the
+    # devices may be someone else's even if we could not hear it (the database away).
+    lease_until: float | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -95,17 +99,30 @@ class Monitor:
             return
         try:
             cancel = self.store.heartbeat([r.claim for r in running], self.clock.now())
-            leased = {r.lease.token: r.lease.ttl_s for r in running if r.lease is not None}
+            leased = [
+                Renewal(r.lease.token, r.lease.ttl_s, r.claim.token, r.ctx.vram_used_mb)
+                for r in running
+                if r.lease is not None
+            ]
+            renewing_at = time.monotonic()
             lost = self.store.renew_leases(leased, self.clock.now()) if leased else set()
         except Unavailable as exc:
             self._on_outage(exc)
             return
         for r in running:
+            if r.lease is not None and r.lease.token not in lost:
+                # Less a heartbeat: the leader's clock, which judges expiry, may run ahead.
+                margin = self._settings().heartbeat_interval_s
+                r.lease_until = renewing_at + r.lease.ttl_s - margin
             if r.lease is not None and r.lease.token in lost:
                 logger.error(
                     "job %s: its GPU lease expired; stopping its handler",
                     r.claim.job.id,
-                    extra={"event": "job_lease_lost", "job_id": r.claim.job.id},
+                    extra={
+                        "event": "job_lease_lost",
+                        "job_id": r.claim.job.id,
+                        "attempt": r.claim.attempt,
+                    },
                 )
                 interrupt(r, JobLeaseLost, time.monotonic())
         for r in running:
@@ -113,7 +130,11 @@ class Monitor:
                 logger.info(
                     "job %s: cancel requested",
                     r.claim.job.id,
-                    extra={"event": "cancel_seen", "job_id": r.claim.job.id},
+                    extra={
+                        "event": "cancel_seen",
+                        "job_id": r.claim.job.id,
+                        "attempt": r.claim.attempt,
+                    },
                 )
                 r.ctx._set_cancelled()
                 r.cancel_deadline = time.monotonic() + self._settings().cancel_grace_s
@@ -132,6 +153,8 @@ class Monitor:
                 interrupt(r, JobTimeout, now)
             elif r.cancel_deadline is not None and now >= r.cancel_deadline:
                 interrupt(r, JobCancelled, now)
+            elif r.lease_until is not None and now >= r.lease_until:
+                interrupt(r, JobLeaseLost, now)
 
 
 def interrupt(r: Running, exc_type: type[JobInterrupted], now: float) -> None:
@@ -148,5 +171,9 @@ def interrupt(r: Running, exc_type: type[JobInterrupted], now: float) -> None:
         "job %s: interrupting its handler (%s)",
         r.claim.job.id,
         exc_type.__name__,
-        extra={"event": "handler_interrupted", "job_id": r.claim.job.id},
+        extra={
+            "event": "handler_interrupted",
+            "job_id": r.claim.job.id,
+            "attempt": r.claim.attempt,
+        },
     )

@@ -14,6 +14,7 @@ from orchestrator.settings import Settings
 from orchestrator.store import Outcome, Store
 from orchestrator.store.codec import dumps
 from orchestrator.streams import Delivery, Streams
+from workers.observer import UNRECORDED, WorkerObserver, outcome_of
 
 logger = logging.getLogger(__name__)
 
@@ -32,11 +33,19 @@ def _retrying() -> Retrying:
 
 
 class OutcomeRecorder:
-    def __init__(self, store: Store, streams: Streams, clock: Clock, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: Store,
+        streams: Streams,
+        clock: Clock,
+        settings: Settings,
+        observer: WorkerObserver | None = None,
+    ) -> None:
         self.store = store
         self.streams = streams
         self.clock = clock
         self.settings = settings
+        self.observer = observer or WorkerObserver()  # told each outcome: `job_finished`
 
     def record(self, claim: Claim, delivery: Delivery, status: str, value: Any) -> bool:
         """Record what a handler did ("ok" with its result, "timeout", "cancelled", or
@@ -90,7 +99,7 @@ class OutcomeRecorder:
                     "job %s: dead-lettered, but not copied to the DLQ stream: %s",
                     job.id,
                     exc,
-                    extra={"event": "dlq_copy_failed", "job_id": job.id},
+                    extra={"event": "dlq_copy_failed", "job_id": job.id, "attempt": claim.attempt},
                 )
         return outcome
 
@@ -101,16 +110,18 @@ class OutcomeRecorder:
             for attempt in _retrying():
                 with attempt:
                     outcome: Outcome = write()
-            return outcome
         except Unavailable as exc:
             logger.error(
                 "job %s attempt %d: could not record its outcome: %s",
                 claim.job.id,
                 claim.attempt,
                 exc,
-                extra={"event": "outcome_lost", "job_id": claim.job.id},
+                extra={"event": "outcome_lost", "job_id": claim.job.id, "attempt": claim.attempt},
             )
+            self.observer.job_finished(claim, UNRECORDED)
             return None
+        self.observer.job_finished(claim, outcome_of(outcome))
+        return outcome
 
     def ack(self, delivery: Delivery) -> None:
         try:
@@ -123,7 +134,11 @@ class OutcomeRecorder:
                 "could not ack job %s: %s",
                 delivery.dispatch.job_id,
                 exc,
-                extra={"event": "ack_failed", "job_id": delivery.dispatch.job_id},
+                extra={
+                    "event": "ack_failed",
+                    "job_id": delivery.dispatch.job_id,
+                    "attempt": delivery.dispatch.attempt,
+                },
             )
 
 

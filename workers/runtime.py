@@ -37,7 +37,6 @@ from orchestrator.store import Store
 from orchestrator.store.codec import dumps
 from orchestrator.streams import Delivery, Streams
 from workers.context import (
-    GpuAssignment,
     JobCancelled,
     JobContext,
     JobInterrupted,
@@ -48,6 +47,7 @@ from workers.gpu import JobGpus
 from workers.interrupt import clear_in_thread, raise_in_thread
 from workers.models import ModelAffinity, WarmModels
 from workers.monitor import Monitor, Running
+from workers.observer import GIVEN_BACK_AFFINITY, WorkerObserver, WorkerView, outcome_of
 from workers.outcomes import RECORD_FOR_S, OutcomeRecorder
 from workers.registration import Registration
 from workers.registry import HandlerRegistry
@@ -76,6 +76,7 @@ class Worker:
         pool: str | None = None,
         models: WarmModels | None = None,
         affinity: ModelAffinity | None = None,
+        observer: WorkerObserver | None = None,
     ) -> None:
         self.store = store
         self.streams = streams
@@ -87,11 +88,18 @@ class Worker:
             registry.get(job_type)  # fail now, not at the first job
         self.concurrency = concurrency or settings.worker_concurrency
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{new_token()[:6]}"
-        self.outcomes = OutcomeRecorder(store, streams, self.clock, settings)
+        self.observer = observer or WorkerObserver()  # hooks: workers/observer.py
+        self.outcomes = OutcomeRecorder(store, streams, self.clock, settings, self.observer)
         self.node = settings.resolved_node_name()
         self.models = models
         self.affinity = affinity
-        self.gpus = JobGpus(LeaseService(store, settings, self.clock), self.node, settings)
+        self.gpus = JobGpus(
+            LeaseService(store, settings, self.clock, self.observer.lease_metrics()),
+            self.node,
+            settings,
+            outcomes=self.outcomes,
+            on_outage=self._note_outage,
+        )
         self.pool = pool
         self.registration = Registration(
             store,
@@ -118,6 +126,12 @@ class Worker:
         self._outages: dict[type[Exception], str] = {}
         self._released: set[str] = set()  # tokens given back whose slot has not returned yet
         self.completed = 0
+        self.observer.bind(
+            WorkerView(self.registration.worker, lambda: self._idle, lambda: len(self._running))
+        )
+        # Monotonic time of the monitor's last heartbeat turn (None before the first): the
+        # worker's liveness as systemd's watchdog sees it (orchestrator/sdnotify.py).
+        self.beat_at: float | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -196,6 +210,7 @@ class Worker:
 
     def _beat_registration(self) -> None:
         """Each heartbeat: the worker's row, with the jobs it runs now."""
+        self.beat_at = time.monotonic()
         jobs = [r.claim.job.id for r in self._running_now()]
         self.registration.beat(jobs, draining=self._stopping.is_set())
 
@@ -277,7 +292,11 @@ class Worker:
                 logger.exception(
                     "worker %s: failed to process a delivery",
                     self.id,
-                    extra={"event": "slot_error", "job_id": delivery.dispatch.job_id},
+                    extra={
+                        "event": "slot_error",
+                        "job_id": delivery.dispatch.job_id,
+                        "attempt": delivery.dispatch.attempt,
+                    },
                 )
             finally:
                 with self._cond:
@@ -301,24 +320,30 @@ class Worker:
                 "stale or duplicate delivery of job %s attempt %d: skipped",
                 dispatch.job_id,
                 dispatch.attempt,
-                extra={"event": "claim_skipped", "job_id": dispatch.job_id},
+                extra={
+                    "event": "claim_skipped",
+                    "job_id": dispatch.job_id,
+                    "attempt": dispatch.attempt,
+                },
             )
+            self.observer.delivery_skipped(dispatch)
             self.outcomes.ack(delivery)
             return
+        self.observer.job_claimed(claim)
         if self.affinity is not None and self.affinity.should_defer(claim.job, self.clock.now()):
             # Its model is warm on another live node: leave the job to that node for a
             # while. `available_at` stays, so the affinity window still ends.
             model = claim.job.gpu.model_id if claim.job.gpu else None
-            self._give_back_unstarted(
-                claim, delivery, f"model {model} is warm on another node", delay_s=0.0
-            )
+            why = f"model {model} is warm on another node"
+            self.gpus.give_back(claim, delivery, why, delay_s=0.0, kind=GIVEN_BACK_AFFINITY)
             return
         lease: Lease | None = None
         if claim.job.gpu is not None:
-            lease = self._take_gpu(claim, delivery)
+            lease = self.gpus.take(claim, delivery, abandon=self._stopping.is_set)
             if lease is None:
                 return
         running = self._prepare(claim, delivery, lease)
+        self.observer.job_started(claim)
         status, value = self._run_handler(running)
         if lease is not None:
             self.gpus.release(lease, peak_vram_mb=running.ctx.peak_vram_mb, success=status == "ok")
@@ -336,7 +361,7 @@ class Worker:
             logger.exception(
                 "job %s: could not record its outcome",
                 claim.job.id,
-                extra={"event": "record_failed", "job_id": claim.job.id},
+                extra={"event": "record_failed", "job_id": claim.job.id, "attempt": claim.attempt},
             )
             delay = retry_delay_s(
                 claim.attempt, self.settings.retry_backoff_base_s, self.settings.retry_backoff_max_s
@@ -348,54 +373,6 @@ class Worker:
                 is not None
             ):
                 self.outcomes.ack(delivery)
-
-    def _take_gpu(self, claim: Claim, delivery: Delivery) -> Lease | None:
-        """The claimed job's GPU lease on this node; None once the job was given back (no
-        room yet), failed (it can never fit here) or lost."""
-        outcome = None
-        try:
-            outcome = self.gpus.acquire(claim, abandon=self._stopping.is_set)
-            if outcome.granted:
-                lease = outcome.lease
-                assert lease is not None
-                detail = {"node": lease.node, "devices": list(lease.devices), "lease": lease.token}
-                if self.store.mark_running(claim, self.clock.now(), detail):
-                    return lease
-                # Reclaimed while we waited: a newer attempt owns the job.
-                self.gpus.release(lease, peak_vram_mb=None, success=False)
-                self.outcomes.ack(delivery)
-                return None
-        except Unavailable as exc:
-            self._note_outage(exc)
-        denial = outcome.denial if outcome is not None else None
-        if denial is not None and denial.final:
-            self.outcomes.record(
-                claim, delivery, "error", f"cannot get a GPU lease: {denial.message}"
-            )
-            return None
-        why = denial.message if denial is not None else "the database did not answer"
-        self._give_back_unstarted(claim, delivery, f"waiting for a GPU lease: {why}")
-        return None
-
-    def _give_back_unstarted(
-        self, claim: Claim, delivery: Delivery, reason: str, delay_s: float | None = None
-    ) -> None:
-        """Not started, not failed: the job is offered again after `delay_s` (default
-        `job_lease_retry_s`)."""
-        delay = self.settings.job_lease_retry_s if delay_s is None else delay_s
-        try:
-            self.store.release_job(claim, self.clock.now(), delay_s=delay, reason=reason)
-        except Unavailable as exc:
-            # Left claimed and unacked: the reclaimer requeues it after the visibility timeout.
-            self._note_outage(exc)
-            return
-        logger.info(
-            "job %s given back: %s",
-            claim.job.id,
-            reason,
-            extra={"event": "job_waits_for_gpu", "job_id": claim.job.id, "attempt": claim.attempt},
-        )
-        self.outcomes.ack(delivery)
 
     def _prepare(self, claim: Claim, delivery: Delivery, lease: Lease | None = None) -> Running:
         job = claim.job
@@ -414,7 +391,7 @@ class Worker:
             max_attempts=job.max_attempts,
             timeout_s=job.timeout_s,
             report_progress=report,
-            gpu=_assignment(lease, self.node),
+            gpu=self.gpus.assignment(lease),
             models=self.models,
         )
         running = Running(
@@ -424,6 +401,11 @@ class Worker:
             thread_id=threading.get_ident(),
             deadline=time.monotonic() + job.timeout_s,
             lease=lease,
+            lease_until=(
+                time.monotonic() + lease.ttl_s - self.settings.heartbeat_interval_s
+                if lease is not None
+                else None
+            ),
         )
         logger.info(
             "job %s attempt %d started",
@@ -529,7 +511,11 @@ class Worker:
                 "job %s: could not give it back (%s); the reclaimer will",
                 r.claim.job.id,
                 exc,
-                extra={"event": "release_failed", "job_id": r.claim.job.id},
+                extra={
+                    "event": "release_failed",
+                    "job_id": r.claim.job.id,
+                    "attempt": r.claim.attempt,
+                },
             )
             return
         logger.warning(
@@ -537,8 +523,9 @@ class Worker:
             r.claim.job.id,
             r.claim.attempt,
             outcome.status,
-            extra={"event": "job_released", "job_id": r.claim.job.id},
+            extra={"event": "job_released", "job_id": r.claim.job.id, "attempt": r.claim.attempt},
         )
+        self.observer.job_finished(r.claim, outcome_of(outcome))
         self.outcomes.ack(r.delivery)
 
     def _requeue(self, deliveries: list[Delivery]) -> None:
@@ -553,12 +540,6 @@ class Worker:
                 exc,
                 extra={"event": "requeue_failed"},
             )
-
-
-def _assignment(lease: Lease | None, node: str) -> GpuAssignment | None:
-    if lease is None:
-        return None
-    return GpuAssignment(lease.node or node, lease.devices, lease.token, lease.est_vram_mb)
 
 
 def _describe(exc: BaseException) -> str:

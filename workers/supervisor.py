@@ -102,6 +102,9 @@ class NodeSupervisor:
         self._backoff: dict[str, Backoff] = {}
         self._stop = threading.Event()
         self._outage: str | None = None
+        # Monotonic time the loop last finished a turn (None before the first): its liveness
+        # as systemd's watchdog sees it (orchestrator/sdnotify.py). Real time, not the fake.
+        self.turned_at: float | None = None
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -117,6 +120,7 @@ class NodeSupervisor:
                 self.reconcile()
             except Exception:
                 logger.exception("reconcile failed", extra={"event": "supervisor_error"})
+            self.turned_at = time.monotonic()
             self._stop.wait(self.settings.pool_reconcile_interval_s)
         self.shutdown()
 
@@ -310,8 +314,12 @@ class NodeSupervisor:
 def run_node(settings: Settings, *, imports: list[str]) -> int:
     """`orchestrator node`: supervise this node's pools until SIGTERM/SIGINT."""
     from orchestrator.migrate import check_at_head
+    from orchestrator.sdnotify import Notifier, recent
     from orchestrator.wiring import build_store
 
+    # First, before the workers' environment is copied from ours: they must not inherit
+    # NOTIFY_SOCKET (this process is the unit's main one; systemd refuses the others).
+    notifier = Notifier.from_env()
     if settings.redis_url == EMBEDDED and not settings.embedded_redis_socket().exists():
         raise OrchestratorError(
             f"no embedded Redis at {settings.embedded_redis_socket()} for the workers: start "
@@ -334,7 +342,21 @@ def run_node(settings: Settings, *, imports: list[str]) -> int:
             env=env,
         )
         supervisor.install_signal_handlers()
-        supervisor.run()
+        notifier.stopping_on_signals(signal.SIGTERM, signal.SIGINT)
+        # READY=1 after the first pass (its workers started); the watchdog is fed while the
+        # loop goes on turning, and no longer once it stops (STOPPING=1).
+        stale_s = notifier.stale_after(settings.pool_reconcile_interval_s)
+        watchdog = notifier.watch(
+            recent(lambda: supervisor.turned_at, stale_s),
+            ready=lambda: supervisor.turned_at is not None,
+            status=f"node supervisor of {supervisor.node}",
+            describe=lambda: f"node {supervisor.node}: {len(supervisor.children)} workers",
+        )
+        try:
+            supervisor.run()
+        finally:
+            watchdog.stop()
+            notifier.close()
     finally:
         store.close()
     return 0

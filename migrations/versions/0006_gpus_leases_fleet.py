@@ -184,7 +184,13 @@ def upgrade() -> None:
     op.create_table(
         "orchestrator_policies",
         sa.Column("name", sa.String(length=64), nullable=False),
-        sa.Column("body", sa.Text(), nullable=False),
+        sa.Column(
+            "body",
+            sa.Text()
+            .with_variant(mysql.MEDIUMTEXT(), "mariadb")
+            .with_variant(mysql.MEDIUMTEXT(), "mysql"),
+            nullable=False,
+        ),
         sa.Column("version", sa.Integer(), nullable=False),
         sa.Column(
             "updated_at",
@@ -215,7 +221,7 @@ def upgrade() -> None:
                 "name": "admission",
                 "body": "{}",
                 "version": 0,
-                "updated_at": datetime(2026, 12, 1),
+                "updated_at": datetime(1970, 1, 1),  # never changed
                 "updated_by": "migration",
             }
         ],

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from orchestrator import __version__
-from orchestrator.api import control, gpu, health, jobs, models, pools
+from orchestrator.api import control, dashboard, gpu, health, jobs, models, pools, queues
 from orchestrator.api.errors import BodyLimit, install_error_handlers
 from orchestrator.api.lease_waits import LeaseWaits
 from orchestrator.wiring import Services
@@ -37,6 +37,8 @@ def create_app(services: Services, *, run_engine: bool = True) -> FastAPI:
     app.include_router(gpu.router)
     app.include_router(pools.router)
     app.include_router(models.router)
+    app.include_router(queues.router)
+    app.include_router(dashboard.router)
 
     app.add_middleware(BodyLimit, max_bytes=services.settings.max_request_bytes)
     return app

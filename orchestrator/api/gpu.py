@@ -7,7 +7,6 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,9 +25,13 @@ router = APIRouter(tags=["gpu"])
 
 LEASE_ERRORS: dict[int | str, dict[str, Any]] = {
     **ERRORS,
-    408: ERRORS[409],
     409: {"description": "denied: `{granted: false, reason, message, estimated_wait_ms}`"},
     503: {"description": "SAFE_MODE or degraded GPUs: `{granted: false, reason, message}`"},
+}
+HEARTBEAT_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    408: {"description": "the lease expired (`lease_expired`): stop using its devices"},
+    409: {"description": "the lease was released (`lease_released`)"},
 }
 TOKEN_PATTERN = r"^[0-9a-f]{32}$"
 Token = Annotated[str, Field(pattern=TOKEN_PATTERN)]
@@ -317,9 +320,9 @@ async def request_lease(body: LeaseBody, request: Request) -> Any:
     started = time.monotonic()
     # Database calls run on the thread pool; a wait runs on the event loop, so any number
     # of queued requests holds no thread (and heartbeats of others are still served).
-    outcome = await run_in_threadpool(leases.begin, ask)
+    waits: LeaseWaits = request.app.state.lease_waits
+    outcome = await waits.run(leases.begin, ask)
     if outcome.lease is not None and outcome.lease.status is LeaseStatus.WAITING:
-        waits: LeaseWaits = request.app.state.lease_waits
         outcome = await waits.wait(
             outcome.lease.token, started + ask.wait_s, request.is_disconnected
         )
@@ -335,9 +338,13 @@ async def request_lease(body: LeaseBody, request: Request) -> Any:
 def list_leases(
     request: Request,
     status: Annotated[list[LeaseStatus] | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1)] = 500,
 ) -> LeasesView:
-    """Active leases (or those of the given statuses), oldest first."""
-    found = _services(request).store.list_leases(tuple(status or (LeaseStatus.ACTIVE,)))
+    """Active leases (or those of the given statuses), oldest first, at most `limit`
+    (capped at ORCH_MAX_PAGE_SIZE)."""
+    services = _services(request)
+    limit = min(limit, services.settings.max_page_size)
+    found = services.store.list_leases(tuple(status or (LeaseStatus.ACTIVE,)), limit)
     return LeasesView(leases=[LeaseView.of(lease) for lease in found])
 
 
@@ -346,7 +353,7 @@ def get_lease(token: Token, request: Request) -> LeaseView:
     return LeaseView.of(_leases(request).get(token))
 
 
-@router.post("/leases/{token}/heartbeat", response_model=LeaseView, responses=LEASE_ERRORS)
+@router.post("/leases/{token}/heartbeat", response_model=LeaseView, responses=HEARTBEAT_ERRORS)
 def heartbeat_lease(token: Token, request: Request, body: HeartbeatBody | None = None) -> LeaseView:
     """Extend the lease by its ttl. 408 if it already expired (stop using the devices and
     take a new one), 404 if unknown, 409 if released."""

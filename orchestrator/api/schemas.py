@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from orchestrator.jobs import JOB_TYPE_PATTERN, GpuNeeds, Job, JobEvent
+from orchestrator.models import model_id_problem
 
 PriorityLabel = Literal["critical", "high", "normal", "low"]
 JobType = Annotated[str, Field(pattern=JOB_TYPE_PATTERN.pattern, examples=["inference_jobs"])]
@@ -24,6 +25,15 @@ class GpuRequest(BaseModel):
     )
     gpu_count: Annotated[int, Field(ge=1, le=16)] = 1
     model_id: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+
+    @field_validator("model_id")
+    @classmethod
+    def _model_id(cls, value: str | None) -> str | None:
+        # The same ids as preloads take: a job naming one that can never be warm is a mistake.
+        problem = model_id_problem(value) if value is not None else None
+        if problem:
+            raise ValueError(problem)
+        return value
 
     def needs(self) -> GpuNeeds:
         return GpuNeeds(self.est_vram_mb, self.gpu_count, self.model_id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -19,6 +19,17 @@ class Sweep:
     expired: list[Lease] = field(default_factory=list)
     timed_out: list[Lease] = field(default_factory=list)
     granted: list[Lease] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """One lease to renew: by its ttl, while the job's claim `claim_token` holds (None:
+    not a job's lease), with the VRAM its holder uses now (None: not reported)."""
+
+    token: str
+    ttl_s: float
+    claim_token: str | None = None
+    used_vram_mb: int | None = None
 
 
 class GpuStore(Protocol):
@@ -52,20 +63,29 @@ class GpuStore(Protocol):
         """A waiting request's deadline passed: granted at the last moment, or timed out."""
         ...
 
+    def cancel_wait(self, token: str, now: datetime, limits: Limits) -> Lease | None:
+        """The waiter gave up: `timed_out`, or released if granted meanwhile."""
+        ...
+
     def get_lease(self, token: str) -> Lease | None: ...
 
     def get_leases(self, tokens: Sequence[str]) -> list[Lease]:
         """The leases of these tokens that exist, in no order."""
         ...
 
-    def list_leases(self, statuses: Sequence[LeaseStatus] = ...) -> list[Lease]: ...
+    def list_leases(
+        self, statuses: Sequence[LeaseStatus] = ..., limit: int | None = None
+    ) -> list[Lease]:
+        """Leases of these statuses (default: active), oldest first, at most `limit`."""
+        ...
 
     def renew_lease(self, token: str, now: datetime, used_vram_mb: int | None = None) -> Lease:
         """Extend an active lease; raises LeaseNotFound, LeaseExpired or LeaseReleased."""
         ...
 
-    def renew_leases(self, ttl_by_token: Mapping[str, float], now: datetime) -> set[str]:
-        """Extend many leases; returns the tokens no longer active."""
+    def renew_leases(self, renewals: Sequence[Renewal], now: datetime) -> set[str]:
+        """Extend a worker's job leases (each while its job's claim holds); returns the
+        tokens not renewed."""
         ...
 
     def release_lease(

@@ -73,7 +73,7 @@ class SqlAttempts(SqlBase):
 
     def mark_running(self, claim: Claim, now: datetime, detail: dict[str, Any]) -> bool:
         """A claimed job got its GPU lease: it runs now. False if the claim is no longer
-        current (reclaimed meanwhile)."""
+        current (reclaimed meanwhile) or the job was asked to cancel while it waited."""
         with self._tx(write=True) as conn:
             moved = conn.execute(
                 jobs.update()
@@ -81,6 +81,7 @@ class SqlAttempts(SqlBase):
                     jobs.c.id == claim.job.id,
                     jobs.c.claim_token == claim.token,
                     jobs.c.status == S.CLAIMED.value,
+                    jobs.c.cancel_requested.is_(False),
                 )
                 .values(status=S.RUNNING.value, heartbeat_at=now, started_at=now, updated_at=now)
             ).rowcount

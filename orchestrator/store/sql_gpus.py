@@ -55,7 +55,9 @@ class SqlGpus(SqlBase):
                 }
                 self._upsert_gpu(conn, row)
                 seen.append(d.index)
-            conn.execute(gpus.delete().where(gpus.c.node == node, gpus.c.idx.not_in(seen)))
+            if reading.error is None:
+                # Devices this reading no longer has are gone; a failed read proves nothing.
+                conn.execute(gpus.delete().where(gpus.c.node == node, gpus.c.idx.not_in(seen)))
 
     def _upsert_gpu(self, conn: Connection, row: dict[str, Any]) -> None:
         key = {"node": row["node"], "idx": row["idx"]}

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection
 from orchestrator.admission import Book, Limits, Pass, serve_queue
 from orchestrator.errors import LeaseExpired, LeaseNotFound, LeaseReleased
 from orchestrator.ids import new_token
-from orchestrator.jobs import Priority
+from orchestrator.jobs import ACTIVE_STATUSES, Priority
 from orchestrator.leases import (
     AdmissionPolicy,
     Denial,
@@ -30,9 +30,9 @@ from orchestrator.leases import (
     LeaseRequest,
     LeaseStatus,
 )
-from orchestrator.store.gpu_base import Sweep
+from orchestrator.store.gpu_base import Renewal, Sweep
 from orchestrator.store.sql_gpus import SqlGpus, device_from_row
-from orchestrator.store.tables import gpus, leases
+from orchestrator.store.tables import gpus, jobs, leases
 
 logger = logging.getLogger(__name__)
 
@@ -66,16 +66,20 @@ class SqlLeases(SqlGpus):
             result = self._serve(conn, now, limits, extra=candidate)
             placement = result.granted.pop(token, None)
             self._grant(conn, result, now)
+            expired = tuple(result.expired)
             if placement is not None:
                 lease = _activate(candidate, placement.node, placement.devices, now)
                 conn.execute(leases.insert().values(**_row_of(lease)))
-                return LeaseOutcome(lease)
+                return LeaseOutcome(lease, expired=expired)
             denial = result.denied[token]
-            if request.wait_s <= 0 or denial.final or denial.unavailable:
-                return LeaseOutcome(None, denial)
+            # A node that reports no GPU is not a queue to wait in (its worker would sit
+            # on a slot for nothing): answer at once.
+            no_gpus_there = denial.reason is DenyReason.NO_GPUS and request.node is not None
+            if request.wait_s <= 0 or denial.final or denial.unavailable or no_gpus_there:
+                return LeaseOutcome(None, denial, expired)
             waiting = _replace(candidate, wait_until=now + timedelta(seconds=request.wait_s))
             conn.execute(leases.insert().values(**_row_of(waiting)))
-            return LeaseOutcome(waiting, denial)
+            return LeaseOutcome(waiting, denial, expired)
 
     def finish_wait(self, token: str, now: datetime, limits: Limits) -> LeaseOutcome:
         """A waiter's deadline passed: one last chance to be granted, else `timed_out`."""
@@ -115,6 +119,24 @@ class SqlLeases(SqlGpus):
                 ),
             )
 
+    def cancel_wait(self, token: str, now: datetime, limits: Limits) -> Lease | None:
+        """The waiter gave up (hung up, stopping): its request ends `timed_out`, or, if it
+        was granted meanwhile, the lease is released at once. None if unknown."""
+        with self._tx(write=True) as conn:
+            policy, _ = self._lock_policy(conn)
+            row = self._lease_row(conn, token, lock=True)
+            if row is None:
+                return None
+            lease = lease_from_row(row)
+            if lease.status not in (L.WAITING, L.ACTIVE):
+                return lease
+            status = L.TIMED_OUT if lease.status is L.WAITING else L.RELEASED
+            values = {"status": status.value, "released_at": now, "reason": "the waiter gave up"}
+            conn.execute(leases.update().where(leases.c.token == token).values(**values))
+            if status is L.RELEASED:  # its room goes to the next in line
+                self._grant(conn, self._serve(conn, now, limits, policy=policy), now)
+            return _replace(lease, **values)
+
     def get_lease(self, token: str) -> Lease | None:
         with self._tx(write=False) as conn:
             row = conn.execute(sa.select(leases).where(leases.c.token == token)).first()
@@ -127,11 +149,14 @@ class SqlLeases(SqlGpus):
             rows = conn.execute(sa.select(leases).where(leases.c.token.in_(list(tokens))))
             return [lease_from_row(r._mapping) for r in rows]
 
-    def list_leases(self, statuses: Sequence[LeaseStatus] = (L.ACTIVE,)) -> list[Lease]:
+    def list_leases(
+        self, statuses: Sequence[LeaseStatus] = (L.ACTIVE,), limit: int | None = None
+    ) -> list[Lease]:
         query = (
             sa.select(leases)
             .where(leases.c.status.in_([s.value for s in statuses]))
             .order_by(leases.c.queued_at, leases.c.created_at)
+            .limit(limit)
         )
         with self._tx(write=False) as conn:
             return [lease_from_row(r._mapping) for r in conn.execute(query)]
@@ -153,33 +178,33 @@ class SqlLeases(SqlGpus):
             conn.execute(leases.update().where(leases.c.token == token).values(**values))
             return _replace(lease, **values)
 
-    def renew_leases(self, ttl_by_token: Mapping[str, float], now: datetime) -> set[str]:
-        """Extend many active leases at once (a worker's jobs); returns the tokens that are
-        no longer active (expired, released or unknown)."""
-        if not ttl_by_token:
+    def renew_leases(self, renewals: Sequence[Renewal], now: datetime) -> set[str]:
+        """Extend a worker's job leases, each only while it is active and its job is still
+        held by the same claim (a reclaimed attempt must not keep the devices); returns the
+        tokens not renewed. One UPDATE each: a worker holds a handful."""
+        if not renewals:
             return set()
-        by_ttl: dict[float, list[str]] = {}
-        for token, ttl in ttl_by_token.items():
-            by_ttl.setdefault(ttl, []).append(token)
+        lost = set()
         with self._tx(write=True) as conn:
-            for ttl, tokens in by_ttl.items():
-                conn.execute(
-                    leases.update()
-                    .where(
-                        leases.c.token.in_(tokens),
-                        leases.c.status == L.ACTIVE.value,
-                        leases.c.expires_at >= now,
-                    )
-                    .values(expires_at=now + timedelta(seconds=ttl))
-                )
-            live = conn.execute(
-                sa.select(leases.c.token).where(
-                    leases.c.token.in_(list(ttl_by_token)),
+            for r in renewals:
+                values: dict[str, Any] = {"expires_at": now + timedelta(seconds=r.ttl_s)}
+                if r.used_vram_mb is not None:
+                    values["used_vram_mb"] = r.used_vram_mb
+                query = leases.update().where(
+                    leases.c.token == r.token,
                     leases.c.status == L.ACTIVE.value,
                     leases.c.expires_at >= now,
                 )
-            )
-            return set(ttl_by_token) - {r.token for r in live}
+                if r.claim_token is not None:
+                    held = sa.select(jobs.c.id).where(
+                        jobs.c.id == leases.c.job_id,
+                        jobs.c.claim_token == r.claim_token,
+                        jobs.c.status.in_(ACTIVE_STATUSES),
+                    )
+                    query = query.where(held.exists())
+                if not conn.execute(query.values(**values)).rowcount:
+                    lost.add(r.token)
+        return lost
 
     def release_lease(
         self,
@@ -214,23 +239,17 @@ class SqlLeases(SqlGpus):
         """The leader's pass: expire leases past their ttl, time out waiters that vanished,
         and grant waiting requests in policy order (ageing moves them up over time)."""
         sweep = Sweep()
+        with self._tx(write=False) as conn:
+            # Most of the time there is nothing to do: don't take the write lock for it.
+            busy = conn.execute(
+                sa.select(leases.c.token)
+                .where(leases.c.status.in_([L.ACTIVE.value, L.WAITING.value]))
+                .limit(1)
+            ).first()
+        if busy is None:
+            return sweep
         with self._tx(write=True) as conn:
             policy, _ = self._lock_policy(conn)
-            # Locking read: a heartbeat committing meanwhile is seen (not expired from under
-            # its holder), or waits for this sweep and is told the lease expired.
-            expired = conn.execute(
-                sa.select(leases)
-                .where(leases.c.status == L.ACTIVE.value, leases.c.expires_at < now)
-                .with_for_update()
-            ).all()
-            if expired:
-                tokens = [r.token for r in expired]
-                conn.execute(
-                    leases.update()
-                    .where(leases.c.token.in_(tokens), leases.c.status == L.ACTIVE.value)
-                    .values(status=L.EXPIRED.value, released_at=now, reason="not heartbeated")
-                )
-                sweep.expired = [lease_from_row(r._mapping) for r in expired]
             stale_wait = now - timedelta(seconds=WAIT_GRACE_S)
             abandoned = conn.execute(
                 sa.select(leases).where(
@@ -247,7 +266,9 @@ class SqlLeases(SqlGpus):
                     .values(status=L.TIMED_OUT.value, released_at=now, reason="waiter gone")
                 )
                 sweep.timed_out = [lease_from_row(r._mapping) for r in abandoned]
-            sweep.granted = self._grant(conn, self._serve(conn, now, limits, policy=policy), now)
+            result = self._serve(conn, now, limits, policy=policy)
+            sweep.expired = result.expired
+            sweep.granted = self._grant(conn, result, now)
         return sweep
 
     # -- inside a transaction -----------------------------------------------------------
@@ -271,8 +292,13 @@ class SqlLeases(SqlGpus):
             sa.select(leases).where(leases.c.status.in_([L.ACTIVE.value, L.WAITING.value]))
         ).all()
         current = [lease_from_row(r._mapping) for r in rows]
-        # A lease past its expiry holds nothing, even before the sweep marks it.
-        active = [lease for lease in current if lease.is_live(now)]
+        # A lease past its expiry holds nothing: mark it expired here, under the lock, so a
+        # late heartbeat cannot revive it after its room was given to someone else.
+        expired = self._expire(
+            conn, [x for x in current if x.is_active and not x.is_live(now)], now
+        )
+        gone = {lease.token for lease in expired}
+        active = [lease for lease in current if lease.is_active and lease.token not in gone]
         waiting = [
             lease
             for lease in current
@@ -282,7 +308,29 @@ class SqlLeases(SqlGpus):
         if extra is not None:
             waiting.append(extra)
         book = Book(devices, active, policy, limits, now)
-        return serve_queue(book, waiting, policy)
+        result = serve_queue(book, waiting, policy)
+        result.expired = expired
+        return result
+
+    @staticmethod
+    def _expire(conn: Connection, overdue: list[Lease], now: datetime) -> list[Lease]:
+        """Mark overdue leases expired; those a heartbeat renewed meanwhile stay active (one
+        UPDATE each, so we know which: under READ COMMITTED a renewal committed while we
+        waited on its row lock makes the WHERE fail)."""
+        expired = []
+        for lease in overdue:
+            changed = conn.execute(
+                leases.update()
+                .where(
+                    leases.c.token == lease.token,
+                    leases.c.status == L.ACTIVE.value,
+                    leases.c.expires_at < now,
+                )
+                .values(status=L.EXPIRED.value, released_at=now, reason="not heartbeated")
+            ).rowcount
+            if changed:
+                expired.append(_replace(lease, status=L.EXPIRED, released_at=now))
+        return expired
 
     def _grant(self, conn: Connection, result: Pass, now: datetime) -> list[Lease]:
         granted = []

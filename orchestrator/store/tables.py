@@ -204,7 +204,7 @@ policies = sa.Table(
     "orchestrator_policies",
     metadata,
     sa.Column("name", sa.String(64), primary_key=True),
-    sa.Column("body", sa.Text(), nullable=False),
+    sa.Column("body", LongText, nullable=False),
     sa.Column("version", sa.Integer(), nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),
     sa.Column("updated_by", sa.String(128), nullable=False),

@@ -8,13 +8,38 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from orchestrator.streams.embedded import EmbeddedRedis
+from tests.integration.backends import REDIS_URL, lock_name, real_database, real_redis_prefix
 from tests.integration.harness import wait_until
+
+
+def backend_env(
+    backend: str, tmp_path: Path, stack: ExitStack, env: dict[str, str]
+) -> dict[str, str]:
+    """`env` plus the ORCH_ variables that point processes at this backend: a SQLite file and
+    an embedded Redis of the test's own, or a fresh database on the real MariaDB and a key
+    prefix on the real Redis (cleaned up by `stack`)."""
+    env = dict(env)
+    if backend == "sqlite":
+        redis_ = EmbeddedRedis(tmp_path / "redis")
+        redis_.start()
+        stack.callback(redis_.stop)
+        env.update(ORCH_DATABASE_URL=f"sqlite:///{tmp_path / 'jobs.db'}", ORCH_REDIS_URL=redis_.url)
+        return env
+    db_url = stack.enter_context(real_database())
+    env.update(
+        ORCH_DATABASE_URL=db_url,
+        ORCH_LEADER_LOCK=lock_name(db_url),
+        ORCH_REDIS_URL=REDIS_URL,
+        ORCH_REDIS_PREFIX=stack.enter_context(real_redis_prefix()),
+    )
+    return env
 
 
 def free_port() -> int:

@@ -15,10 +15,8 @@ import pytest
 import sqlalchemy as sa
 
 from orchestrator.store.tables import worker_pools, workers
-from orchestrator.streams.embedded import EmbeddedRedis
-from tests.integration.backends import REDIS_URL, lock_name, real_database, real_redis_prefix
 from tests.integration.harness import System, wait_until
-from tests.integration.processes import Processes, processes
+from tests.integration.processes import Processes, backend_env, processes
 
 POOL = {"name": "gpu-a", "job_types": ["block", "echo"], "desired": 2, "max_workers": 4}
 
@@ -207,22 +205,7 @@ def node_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[st
             "ORCH_SHUTDOWN_GRACE_S": "60",
             "ORCH_NODE_NAME": "node-test",
         }
-        if request.param == "sqlite":
-            redis_ = EmbeddedRedis(tmp_path / "redis")
-            redis_.start()
-            stack.callback(redis_.stop)
-            env.update(
-                ORCH_DATABASE_URL=f"sqlite:///{tmp_path / 'jobs.db'}", ORCH_REDIS_URL=redis_.url
-            )
-        else:
-            db_url = stack.enter_context(real_database())
-            env.update(
-                ORCH_DATABASE_URL=db_url,
-                ORCH_LEADER_LOCK=lock_name(db_url),
-                ORCH_REDIS_URL=REDIS_URL,
-                ORCH_REDIS_PREFIX=stack.enter_context(real_redis_prefix()),
-            )
-        yield env
+        yield backend_env(request.param, tmp_path, stack, env)
 
 
 def _live(p: Processes, pool: str) -> list[dict[str, Any]]:

@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.streams.embedded import EmbeddedRedis
-from tests.integration.backends import REDIS_URL, lock_name, real_database, real_redis_prefix
-from tests.integration.processes import Processes, processes
+from tests.integration.processes import Processes, backend_env, processes
 
 pytestmark = pytest.mark.slow
 
@@ -33,22 +31,7 @@ def service_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict
     """ORCH_ variables naming this backend's database and Redis."""
     with ExitStack() as stack:
         env = {**FAST_ENV, "ORCH_DATA_DIR": str(tmp_path / "var")}
-        if request.param == "sqlite":
-            redis_ = EmbeddedRedis(tmp_path / "redis")
-            redis_.start()
-            stack.callback(redis_.stop)
-            env.update(
-                ORCH_DATABASE_URL=f"sqlite:///{tmp_path / 'jobs.db'}", ORCH_REDIS_URL=redis_.url
-            )
-        else:
-            db_url = stack.enter_context(real_database())
-            env.update(
-                ORCH_DATABASE_URL=db_url,
-                ORCH_LEADER_LOCK=lock_name(db_url),
-                ORCH_REDIS_URL=REDIS_URL,
-                ORCH_REDIS_PREFIX=stack.enter_context(real_redis_prefix()),
-            )
-        yield env
+        yield backend_env(request.param, tmp_path, stack, env)
 
 
 def test_serve_and_workers__jobs_submitted_over_http_finish(
@@ -101,10 +84,10 @@ def test_cli__submit_wait_and_get(service_env: dict[str, str], tmp_path: Path) -
         server = p.start("serve")
         p.start("worker")
         p.wait_healthy(server)
-        done = p.run("submit", "echo", "--payload", '{"x": 1}', "--wait", timeout=60)
+        done = p.run("submit", "echo", "--payload", '{"x": 1}', "--wait", "--json", timeout=60)
         assert done.returncode == 0, done.stderr
         assert '"status": "done"' in done.stdout
-        failed = p.run("submit", "fail", "--payload", '{"message": "nope"}', "--wait")
+        failed = p.run("submit", "fail", "--payload", '{"message": "nope"}', "--wait", "--json")
         assert failed.returncode == 1
         assert '"status": "dead_letter"' in failed.stdout
         bad = p.run("submit", "echo", "--payload", "{not json")

@@ -430,3 +430,16 @@ def test_place__estimated_wait_is_when_enough_leases_expire() -> None:
     assert refused.reason is DenyReason.INSUFFICIENT_VRAM
     # The first expiry frees 8000 (8064 free: not enough), the second 16064.
     assert refused.estimated_wait_ms == 20_000
+
+
+def test_serve_queue__a_blocked_request_holds_back_only_the_nodes_it_could_use() -> None:
+    # Node "big" (80 GB) is busy; node "small" (24 GB) is idle. A 70 GB request for any node
+    # can only ever fit on "big": it must not hold back a 4 GB request that fits "small".
+    big = device(0, "big", total=81920)
+    book = Book([big, device(0, "small")], [active(60000, node="big")], POLICY, LIMITS, NOW)
+    queue = [waiting("w-big", 70000, waited_s=10), waiting("w-small", 4000)]
+
+    result = serve_queue(book, queue, POLICY)
+
+    assert result.denied["w-big"].reason is DenyReason.INSUFFICIENT_VRAM
+    assert result.granted["w-small"] == Placement("small", (0,))

@@ -3,6 +3,7 @@ expire, and the stored admission policy."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -12,7 +13,7 @@ from orchestrator.admission import Limits
 from orchestrator.clock import FakeClock
 from orchestrator.errors import Conflict, LeaseExpired, LeaseNotFound, LeaseReleased
 from orchestrator.gpu import HEALTH_DEGRADED, HEALTH_OK, DeviceReading, NodeReading, SimulatedProbe
-from orchestrator.jobs import Priority
+from orchestrator.jobs import Dispatch, GpuNeeds, JobStatus, Priority
 from orchestrator.leases import (
     AdmissionPolicy,
     DenyReason,
@@ -23,8 +24,10 @@ from orchestrator.leases import (
     Quota,
 )
 from orchestrator.store import SqlStore
+from orchestrator.store.gpu_base import Renewal
 from orchestrator.store.sql_leases import WAIT_GRACE_S
 from orchestrator.store.tables import leases
+from tests.unit.store_helpers import SpecFactory, Submitter
 
 CARD = 24576
 HEADROOM = 512
@@ -402,7 +405,7 @@ def test_renew_leases__returns_the_tokens_no_longer_active(
     cards.release_lease(gone.token, clock.now(), LIMITS)
     clock.advance(5)
     lost = cards.renew_leases(
-        {live.token: 30, gone.token: 30, late.token: 30, "a" * 32: 30}, clock.now()
+        [Renewal(t, 30) for t in (live.token, gone.token, late.token, "a" * 32)], clock.now()
     )
     assert lost == {gone.token, late.token, "a" * 32}
     renewed = cards.get_lease(live.token)
@@ -518,3 +521,80 @@ def test_report_node__replaces_the_devices_and_judges_their_health(
     assert [d.index for d in cards.list_devices()] == [0]
     [node] = cards.list_nodes()
     assert (node.name, node.nvml_supported) == ("n1", False)
+
+
+def test_renew_lease__a_late_heartbeat_cannot_revive_a_lease_whose_room_was_given(
+    cards: SqlStore, clock: FakeClock
+) -> None:
+    holder = take(cards, clock, ask(20000, ttl_s=10, agent="slow"))
+    beat_started = clock.now() + timedelta(seconds=9.9)  # the heartbeat's own "now"
+    clock.advance(10.1)
+    # Past its expiry: the holder's card (the fullest fitting) is leased to another...
+    newcomer = take(cards, clock, ask(20000, agent="new"))
+    assert status_of(cards, holder.token) is LeaseStatus.EXPIRED
+    # ...and the holder's heartbeat, late but stamped before the expiry, is refused.
+    with pytest.raises(LeaseExpired):
+        cards.renew_lease(holder.token, beat_started)
+    assert cards.renew_leases([Renewal(holder.token, 10.0)], beat_started) == {holder.token}
+    assert all(mb <= CARD - 512 for mb in leased_per_device(cards).values()), newcomer
+
+
+def test_cancel_wait__a_waiter_that_gives_up_is_never_granted(
+    cards: SqlStore, clock: FakeClock
+) -> None:
+    held = fill(cards, clock)
+    waiter = queue(cards, clock, ask(20000, wait_s=30))
+
+    cards.cancel_wait(waiter.token, clock.now(), LIMITS)
+    for lease in held:
+        cards.release_lease(lease.token, clock.now(), LIMITS)
+
+    assert status_of(cards, waiter.token) is LeaseStatus.TIMED_OUT
+
+
+def test_cancel_wait__granted_meanwhile_is_released_at_once(
+    cards: SqlStore, clock: FakeClock
+) -> None:
+    held = fill(cards, clock)
+    waiter = queue(cards, clock, ask(20000, wait_s=30))
+    cards.release_lease(held[0].token, clock.now(), LIMITS)
+    assert status_of(cards, waiter.token) is LeaseStatus.ACTIVE
+
+    cards.cancel_wait(waiter.token, clock.now(), LIMITS)
+
+    assert status_of(cards, waiter.token) is LeaseStatus.RELEASED
+
+
+def test_renew_leases__a_reclaimed_attempt_cannot_keep_its_jobs_lease(
+    cards: SqlStore, clock: FakeClock, submit: Submitter
+) -> None:
+    job = submit()
+    held = cards.claim_job(Dispatch(job.id, job.type, job.priority, 1), "worker-a", clock.now())
+    assert held is not None
+    lease = take(cards, clock, replace(ask(8000), job_id=job.id))
+    beat = [Renewal(lease.token, 30.0, held.token, used_vram_mb=7000)]
+    assert cards.renew_leases(beat, clock.now()) == set()
+    renewed = cards.get_lease(lease.token)
+    assert renewed is not None and renewed.used_vram_mb == 7000
+
+    # The worker froze: its attempt is reclaimed, and its job's lease must not be kept alive.
+    clock.advance(1)
+    cards.reclaim_stale(clock.now(), clock.now(), 10)
+
+    assert cards.renew_leases(beat, clock.now()) == {lease.token}
+
+
+def test_mark_running__a_job_cancelled_while_it_waited_for_its_lease_does_not_start(
+    cards: SqlStore, clock: FakeClock, make_spec: SpecFactory
+) -> None:
+    spec = replace(make_spec(), gpu=GpuNeeds(est_vram_mb=1000))
+    [submitted] = cards.submit_jobs([spec], clock.now())
+    job = submitted.job
+    held = cards.claim_job(Dispatch(job.id, job.type, job.priority, 1), "worker-a", clock.now())
+    assert held is not None and held.job.status is JobStatus.CLAIMED
+
+    cards.cancel_job(job.id, clock.now(), "operator")
+
+    assert not cards.mark_running(held, clock.now(), {})
+    after = cards.get_job(job.id)
+    assert after is not None and after.status is JobStatus.CLAIMED  # the worker ends it
