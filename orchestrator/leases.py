@@ -49,6 +49,9 @@ class LeaseRequest:
     agent: str
     est_vram_mb: int
     gpu_count: int = 1
+    # Who answers for it: the authenticated caller's owner name (a job's lease: the job's
+    # owner). Only it, or an admin, may heartbeat or release the lease.
+    owner: str = "anonymous"
     ttl_s: float = 60.0
     priority: Priority = Priority.NORMAL
     wait_s: float = 0.0
@@ -72,6 +75,7 @@ class Lease:
     ttl_s: float
     queued_at: datetime
     created_at: datetime
+    owner: str = "anonymous"
     node: str | None = None
     devices: tuple[int, ...] = ()
     operation: str | None = None

@@ -146,6 +146,7 @@ class JobGpus:
         return self.leases.acquire(
             LeaseRequest(
                 agent=job.owner,
+                owner=job.owner,
                 est_vram_mb=job.gpu.est_vram_mb,
                 gpu_count=job.gpu.gpu_count,
                 ttl_s=self.ttl_s,

@@ -107,6 +107,7 @@ class LeaseView(BaseModel):
     granted: bool
     token: str
     agent: str
+    owner: str
     status: str
     node: str | None
     devices: list[int]
@@ -133,6 +134,7 @@ class LeaseView(BaseModel):
             granted=lease.status is LeaseStatus.ACTIVE,
             token=lease.token,
             agent=lease.agent,
+            owner=lease.owner,
             status=lease.status.value,
             node=lease.node,
             devices=list(lease.devices),

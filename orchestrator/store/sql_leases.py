@@ -50,6 +50,7 @@ class SqlLeases(SqlGpus):
         candidate = Lease(
             token=token,
             agent=request.agent,
+            owner=request.owner,
             status=L.WAITING,
             est_vram_mb=request.est_vram_mb,
             gpu_count=request.gpu_count,
@@ -399,6 +400,7 @@ def _row_of(lease: Lease) -> dict[str, Any]:
     return {
         "token": lease.token,
         "agent": lease.agent,
+        "owner": lease.owner,
         "operation": lease.operation,
         "model_id": lease.model_id,
         "node": lease.node,
@@ -426,6 +428,7 @@ def lease_from_row(row: Mapping[Any, Any]) -> Lease:
     return Lease(
         token=row["token"],
         agent=row["agent"],
+        owner=row["owner"],
         status=LeaseStatus(row["status"]),
         est_vram_mb=row["est_vram_mb"],
         gpu_count=row["gpu_count"],

@@ -169,6 +169,8 @@ leases = sa.Table(
     metadata,
     sa.Column("token", sa.String(32), primary_key=True),
     sa.Column("agent", ExactString(128), nullable=False),
+    # The authenticated owner who answers for it (migration 0007).
+    sa.Column("owner", ExactString(128), nullable=False, server_default="anonymous"),
     sa.Column("operation", sa.String(128), nullable=True),
     sa.Column("model_id", sa.String(255), nullable=True),
     # Asked for (NULL: any node) while waiting; the node granted once active.
