@@ -10,22 +10,30 @@ The rules:
   (`Lease.outstanding_mb`) <= its measured free memory - headroom. The first is the
   capacity bound; the second keeps out memory used outside any lease.
 - Only fresh (reported within `stale_s`), healthy devices are leased. When only degraded
-  devices could have taken it, the answer is `gpu_degraded` (a 503).
+  devices could have taken it, the answer is `gpu_degraded` (a 503). Quarantined devices
+  are left out of the fit altogether: `gpu_quarantined` (a 503) only when no device that is
+  not quarantined could ever hold it (by capacity); otherwise the request waits for room
+  like any other. A request's `avoid` devices are used last.
+- A request for a model being evicted on a node (`POST /models/evict`) gets no lease
+  there (`model_evicting`), whether it is new or granted later from the queue.
 - `gpu_count > 1` is a gang: that many devices on one node, all or nothing.
 - Among the devices that fit, the fullest is used first (best fit), keeping large holes
   for large requests.
-- Per-agent quotas (`max_vram_mb`, `max_leases`) over the agent's active leases.
-- Waiting requests are served in policy order: priority band (critical first), raised one
-  band per `ageing_s` waited, then first come first served. A request that does not fit
-  holds back everything after it that could use the same node(s): no later or smaller
-  request overtakes it, so nothing starves.
+- Per-owner quotas (`max_vram_mb`, `max_leases`) over the owner's active leases, and
+  optional per-agent ones (`owner/agent` keys) over that agent's leases of that owner.
+- Waiting requests are served in policy order (`orchestrator.queue_order`): by default
+  priority band (critical first), raised one band per `ageing_s` waited, then first come
+  first served; `fifo`, `shortest_first` and `fair_share` change that order. A request
+  that does not fit holds back everything after it that could use the same node(s): no
+  later or smaller request overtakes it, so nothing starves.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from orchestrator.gpu import HEALTH_OK, Device
 from orchestrator.leases import (
@@ -35,12 +43,20 @@ from orchestrator.leases import (
     Lease,
     LeaseRequest,
     LeaseStatus,
+    Quota,
+    agent_quota_key,
 )
+from orchestrator.queue_order import Turns, static_key
 
 ANY_NODE = "*"
 # A request that does not fit for these reasons holds back the queue behind it.
 CAPACITY_REASONS = frozenset(
-    {DenyReason.INSUFFICIENT_VRAM, DenyReason.GANG_UNAVAILABLE, DenyReason.GPU_DEGRADED}
+    {
+        DenyReason.INSUFFICIENT_VRAM,
+        DenyReason.GANG_UNAVAILABLE,
+        DenyReason.GPU_DEGRADED,
+        DenyReason.GPU_QUARANTINED,
+    }
 )
 
 
@@ -74,13 +90,10 @@ class _DeviceBook:
         return min(by_capacity, by_measure)
 
 
-def rank(
-    lease: Lease, policy: AdmissionPolicy, now: datetime
-) -> tuple[int, datetime, datetime, str]:
-    """Sort key of a waiting request: effective band (aged), then arrival."""
-    waited = max(0.0, (now - lease.queued_at).total_seconds())
-    band = max(0, int(lease.priority) - int(waited // policy.ageing_s))
-    return (band, lease.queued_at, lease.created_at, lease.token)
+def rank(lease: Lease, policy: AdmissionPolicy, now: datetime) -> tuple[Any, ...]:
+    """Sort key of a waiting request under `policy.order` (except `fair_share`, whose order
+    depends on usage: see `orchestrator.queue_order`)."""
+    return static_key(lease, policy, now)
 
 
 class Book:
@@ -93,25 +106,30 @@ class Book:
         policy: AdmissionPolicy,
         limits: Limits,
         now: datetime,
+        evicting: Collection[tuple[str, str]] = (),
     ) -> None:
         self.policy = policy
         self.limits = limits
         self.now = now
+        # (node, model) pairs being evicted: no lease for that model on that node.
+        self.evicting = frozenset(evicting)
         fresh_after = now - timedelta(seconds=limits.stale_s)
         self._books: dict[tuple[str, int], _DeviceBook] = {
             d.key: _DeviceBook(d) for d in devices if d.reported_at >= fresh_after
         }
-        self._agent_vram: dict[str, int] = {}
-        self._agent_leases: dict[str, list[Lease]] = {}
+        # What each quota key holds: the owner's name, and `owner/agent`.
+        self._held_vram: dict[str, int] = {}
+        self._held_leases: dict[str, list[Lease]] = {}
         for lease in active:
             self.add(lease)
 
     def add(self, lease: Lease) -> None:
         """Count an active lease (one just granted, or one found active)."""
-        self._agent_vram[lease.agent] = self._agent_vram.get(
-            lease.agent, 0
-        ) + lease.est_vram_mb * len(lease.devices)
-        self._agent_leases.setdefault(lease.agent, []).append(lease)
+        for key in (lease.owner, agent_quota_key(lease.owner, lease.agent)):
+            self._held_vram[key] = self._held_vram.get(key, 0) + lease.est_vram_mb * len(
+                lease.devices
+            )
+            self._held_leases.setdefault(key, []).append(lease)
         if lease.node is None:
             return
         for index in lease.devices:
@@ -149,42 +167,72 @@ class Book:
                 f"{headroom} MB headroom)",
                 final=True,
             )
+        if not any(
+            sum(1 for b in books if _leasable_by_capacity(b, need, headroom)) >= count
+            for books in known.values()
+        ):
+            # Only quarantined devices could ever hold it. When a usable one could (once
+            # free), it waits like any request without room instead (below).
+            held = sorted(
+                f"{b.device.node}/{b.device.index}: quarantined ({b.device.quarantine_reason})"
+                for books in known.values()
+                for b in books
+                if b.device.quarantined and b.device.memory_total_mb - headroom >= need
+            )
+            return Denial(
+                DenyReason.GPU_QUARANTINED,
+                "only quarantined devices could hold it, until an admin clears them: "
+                + "; ".join(held),
+            )
         nodes = (
             {}
             if ANY_NODE in excluded
             else {name: books for name, books in known.items() if name not in excluded}
         )
+        model = request.model_id
+        if model is not None and self.evicting and nodes:
+            there = sorted(name for name in nodes if (name, model) in self.evicting)
+            nodes = {name: books for name, books in nodes.items() if name not in there}
+            if not nodes:
+                return Denial(
+                    DenyReason.MODEL_EVICTING,
+                    f"model {model} is being evicted on node {', '.join(there)}",
+                )
         if not nodes:
             return Denial(
                 DenyReason.QUEUED_AHEAD,
                 "requests queued ahead of this one in policy order are served first",
                 self._estimate_wait_ms(request, known),
             )
-        best: tuple[int, str, list[_DeviceBook]] | None = None
+        best: tuple[int, int, str, list[_DeviceBook]] | None = None
         degraded_fits = False
+        avoid = set(request.avoid)  # an OOM retry: other devices first, if they fit
         for node, books in nodes.items():
+            # Quarantined devices are no candidates at all: one idle quarantined card must
+            # not turn a wait for a busy healthy one into a 503.
             fitting = sorted(
-                (b for b in books if b.free_mb(headroom) >= need),
+                (b for b in books if not b.device.quarantined and b.free_mb(headroom) >= need),
                 key=lambda b: (b.free_mb(headroom), b.device.index),
             )
-            healthy = [b for b in fitting if b.device.health == HEALTH_OK]
+            healthy = sorted(
+                (b for b in fitting if _usable(b.device)), key=lambda b: b.device.key in avoid
+            )
             if len(healthy) >= count:
                 chosen = healthy[:count]
                 slack = sum(b.free_mb(headroom) - need for b in chosen)
-                if best is None or (slack, node) < (best[0], best[1]):
-                    best = (slack, node, chosen)
+                avoided = sum(b.device.key in avoid for b in chosen)
+                if best is None or (avoided, slack, node) < best[:3]:
+                    best = (avoided, slack, node, chosen)
             elif len(fitting) >= count:
                 degraded_fits = True
         if best is not None:
-            return Placement(best[1], tuple(sorted(b.device.index for b in best[2])))
+            return Placement(best[2], tuple(sorted(b.device.index for b in best[3])))
         if degraded_fits:
+            unusable = [b.device for books in nodes.values() for b in books]
             reasons = sorted(
-                {
-                    f"{b.device.node}/{b.device.index}: {b.device.error or 'degraded'}"
-                    for books in nodes.values()
-                    for b in books
-                    if b.device.health != HEALTH_OK
-                }
+                f"{d.node}/{d.index}: {d.error or 'degraded'}"
+                for d in unusable
+                if not _usable(d) and not d.quarantined
             )
             return Denial(
                 DenyReason.GPU_DEGRADED,
@@ -200,12 +248,15 @@ class Book:
         return Denial(DenyReason.INSUFFICIENT_VRAM, f"no device has {need} MB free", wait)
 
     def possible_nodes(self, request: LeaseRequest | Lease) -> set[str]:
-        """The nodes that could hold the request once free (by capacity alone)."""
-        need = request.est_vram_mb + self.limits.headroom_mb
+        """The nodes that could hold the request once free (by capacity alone, on devices
+        that are not quarantined: a request only a quarantined device could hold holds
+        nothing back)."""
+        need, headroom = request.est_vram_mb, self.limits.headroom_mb
         return {
             name
             for name, books in self._nodes(request.node).items()
-            if sum(1 for b in books if b.device.memory_total_mb >= need) >= request.gpu_count
+            if sum(1 for b in books if _leasable_by_capacity(b, need, headroom))
+            >= request.gpu_count
         }
 
     def _nodes(self, node: str | None) -> dict[str, list[_DeviceBook]]:
@@ -216,26 +267,39 @@ class Book:
         return nodes
 
     def _check_quota(self, request: LeaseRequest | Lease) -> Denial | None:
-        quota = self.policy.quota_of(request.agent)
-        held = self._agent_leases.get(request.agent, [])
+        """The owner's quota (the authenticated identity: free-text agent names cannot spend
+        or dodge it), then its agent's, if the policy lists `owner/agent`."""
+        owner, agent = request.owner, request.agent
+        denial = self._check_one(request, owner, f"owner {owner}", self.policy.quota_of(owner))
+        agent_quota = self.policy.agent_quota_of(owner, agent)
+        if denial is None and agent_quota is not None:
+            key = agent_quota_key(owner, agent)
+            denial = self._check_one(request, key, f"agent {key}", agent_quota)
+        return denial
+
+    def _check_one(
+        self, request: LeaseRequest | Lease, key: str, who: str, quota: Quota
+    ) -> Denial | None:
+        held = self._held_leases.get(key, [])
         soonest = self._soonest_expiry_ms(held)
         if quota.max_leases is not None and len(held) + 1 > quota.max_leases:
             return Denial(
                 DenyReason.QUOTA_LEASES,
-                f"agent {request.agent} holds {len(held)} lease(s); its quota is "
-                f"{quota.max_leases}",
+                f"{who} holds {len(held)} lease(s); its quota is {quota.max_leases}",
                 soonest,
                 final=quota.max_leases == 0,
+                quota_key=key,
             )
         asked = request.est_vram_mb * request.gpu_count
-        used = self._agent_vram.get(request.agent, 0)
+        used = self._held_vram.get(key, 0)
         if quota.max_vram_mb is not None and used + asked > quota.max_vram_mb:
             return Denial(
                 DenyReason.QUOTA_VRAM,
-                f"agent {request.agent} holds {used} MB; {asked} MB more is over its quota "
+                f"{who} holds {used} MB; {asked} MB more is over its quota "
                 f"of {quota.max_vram_mb} MB",
                 soonest if asked <= quota.max_vram_mb else None,
                 final=asked > quota.max_vram_mb,
+                quota_key=key,
             )
         return None
 
@@ -257,7 +321,7 @@ class Book:
             for moment in expiries:
                 fits = 0
                 for b in books:
-                    if b.device.health != HEALTH_OK:
+                    if not _usable(b.device):
                         continue
                     leased = sum(mb for t, mb, _ in b.holds if t is None or t > moment)
                     owed = sum(o for t, _, o in b.holds if t is None or t > moment)
@@ -281,23 +345,41 @@ class Pass:
     expired: list[Lease] = field(default_factory=list)
 
 
-def serve_queue(book: Book, waiting: Sequence[Lease], policy: AdmissionPolicy) -> Pass:
+def serve_queue(
+    book: Book,
+    waiting: Sequence[Lease],
+    policy: AdmissionPolicy,
+    usage: Mapping[str, float] | None = None,
+) -> Pass:
     """Grant waiting requests in policy order (see the module docstring); `book` is
     updated with every grant. A request behind one that does not fit is denied
-    `queued_ahead` on the nodes that one could use."""
+    `queued_ahead` on the nodes that one could use. `usage`: each owner's decayed
+    GPU-seconds (`queue_order.decayed_usage`), for `fair_share`."""
     result = Pass()
     blocked: set[str] = set()
-    for lease in sorted(waiting, key=lambda w: rank(w, policy, book.now)):
+    turns = Turns(waiting, policy, book.now, usage)
+    for lease in turns:
         outcome = book.place(lease, blocked)
         if isinstance(outcome, Placement):
             result.granted[lease.token] = outcome
             book.add(_as_active(lease, outcome))
+            turns.charge(lease, len(outcome.devices))
             continue
         result.denied[lease.token] = outcome
         if outcome.reason in CAPACITY_REASONS:
             # It holds back the nodes it could ever use: not an idle node too small for it.
             blocked.update(book.possible_nodes(lease))
     return result
+
+
+def _leasable_by_capacity(book: _DeviceBook, need: int, headroom: int) -> bool:
+    """Not quarantined and large enough for `need` once free."""
+    return not book.device.quarantined and book.device.memory_total_mb - headroom >= need
+
+
+def _usable(device: Device) -> bool:
+    """Healthy and not quarantined (orchestrator/gpu_health.py): may take new leases."""
+    return device.health == HEALTH_OK and not device.quarantined
 
 
 def _as_active(lease: Lease, placement: Placement) -> Lease:

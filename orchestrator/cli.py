@@ -10,7 +10,16 @@ from collections.abc import Sequence
 import httpx
 from pydantic import ValidationError
 
-from orchestrator import cli_fleet, cli_gpu, cli_jobs, cli_models, cli_ops
+from orchestrator import (
+    cli_fleet,
+    cli_gpu,
+    cli_insight,
+    cli_jobs,
+    cli_models,
+    cli_ops,
+    cli_tokens,
+    cli_usage,
+)
 from orchestrator.cli_support import UsageError
 from orchestrator.errors import OrchestratorError
 from orchestrator.logconfig import configure_logging
@@ -61,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub.add_parser("current", help="print the schema's revision")
 
     # Each area adds its own commands, with a `handler` default (see `_dispatch`).
-    for area in (cli_jobs, cli_ops, cli_gpu, cli_fleet, cli_models):
+    areas = (cli_jobs, cli_insight, cli_ops, cli_gpu, cli_fleet, cli_models, cli_tokens)
+    for area in (*areas, cli_usage):
         area.add_commands(sub)
     return parser
 
@@ -71,8 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings()
     except ValidationError as exc:
+        # A model-level check (settings that contradict each other) has no field to name.
         problems = "; ".join(
-            f"ORCH_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+            (f"ORCH_{'_'.join(str(p) for p in e['loc']).upper()}: " if e["loc"] else "")
+            + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
         )
         print(f"error: invalid setting: {problems}", file=sys.stderr)
         return 2

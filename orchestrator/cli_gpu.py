@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import urllib.parse
 from typing import Any
 
 from orchestrator.cli_support import api, for_each, json_flag, segment, show, table, when
@@ -14,9 +15,15 @@ from orchestrator.settings import Settings
 def add_commands(sub: Any) -> None:
     """Add this area's subcommands to the `orchestrator` parser; each sets `handler`
     (called as `handler(args, settings) -> exit code`)."""
-    gpu = sub.add_parser("gpu", help="the GPUs of every node, and the leases on them")
+    gpu = sub.add_parser("gpu", help="the GPUs of every node (the default), clear a quarantine")
     json_flag(gpu)
-    gpu.set_defaults(handler=_gpu)
+    gpu_sub = gpu.add_subparsers(dest="gpu_command", metavar="ACTION")
+    json_flag(gpu_sub.add_parser("show", help="every device and its leases"), under_parent=True)
+    clear = gpu_sub.add_parser("clear", help="lift a device's quarantine (admin)")
+    clear.add_argument("node")
+    clear.add_argument("index", type=int)
+    json_flag(clear, under_parent=True)
+    gpu.set_defaults(handler=_gpu, gpu_command="show")
 
     leases = sub.add_parser("leases", help="GPU leases: list (the default), take, release")
     json_flag(leases)
@@ -50,6 +57,8 @@ def add_commands(sub: Any) -> None:
 
 
 def _gpu(args: argparse.Namespace, settings: Settings) -> int:
+    if args.gpu_command == "clear":
+        return _clear(args, settings)
     state = api(settings, "GET", "/gpu_state")
     if args.json:
         return show(state)
@@ -65,18 +74,37 @@ def _gpu(args: argparse.Namespace, settings: Settings) -> int:
             g["leasable_mb"],
             _num(g["utilization_gpu_pct"], "%"),
             _num(g["temperature_c"], "C"),
-            "stale" if g["stale"] else g["health"],
+            "stale" if g["stale"] else "quarantined" if g.get("quarantined") else g["health"],
             len(g["leases"]),
         ]
         for g in state["gpus"]
     ]
+    sick = [g for g in state["gpus"] if g.get("quarantined")]
     if rows:
         headers = ["NODE", "GPU", "NAME", "USED/TOTAL MB", "LEASED MB", "FREE MB", "UTIL"]
         print(table(rows, [*headers, "TEMP", "HEALTH", "LEASES"]))
+    for g in sick:
+        print(
+            f"\n{g['node']}/{g['index']} quarantined since {when(g['quarantined_since'])} UTC: "
+            f"{g['quarantine_reason']}\n  (orchestrator gpu clear {g['node']} {g['index']})"
+        )
     if state["waiting"]:
         print(f"\n{len(state['waiting'])} lease request(s) waiting")
     if state["safe_mode"]:
         print("\nSAFE_MODE is on: no leases are granted")
+    return 0
+
+
+def _clear(args: argparse.Namespace, settings: Settings) -> int:
+    node = urllib.parse.quote(args.node, safe="")
+    answer = api(settings, "POST", f"/gpu/{node}/{args.index}/clear")
+    if args.json:
+        return show(answer)
+    if answer["cleared"]:
+        was = answer["quarantine"]["reason"]
+        print(f"{args.node}/{args.index}: quarantine cleared (was: {was})")
+    else:
+        print(f"{args.node}/{args.index} was not quarantined; nothing changed")
     return 0
 
 

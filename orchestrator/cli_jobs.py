@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 from urllib.parse import urlencode
 
+from orchestrator import cli_insight
 from orchestrator.cli_support import (
     UsageError,
     api,
@@ -68,6 +69,7 @@ def add_commands(sub: Any) -> None:
     json_flag(listing, under_parent=True)
     listing.set_defaults(handler=_list)
     _show_arguments(actions.add_parser("show", help="show a job"), under_parent=True)
+    cli_insight.add_job_actions(actions)
     jobs.set_defaults(handler=_list, status=None, type=None, limit=50, cursor=None)
 
     cancel = sub.add_parser("cancel", help="cancel jobs (a running one stops at its next check)")

@@ -50,6 +50,8 @@ def api(
         data = {"message": f"not an orchestrator answer: {text[:200] or response.reason_phrase}"}
     if response.status_code >= 400 and response.status_code not in accept:
         message = data.get("message", data) if isinstance(data, dict) else data
+        if response.status_code == 401:
+            message = f"{message} (set ORCH_API_TOKEN: `orchestrator tokens create` makes one)"
         raise OrchestratorError(f"{response.status_code} {message}")
     return data
 

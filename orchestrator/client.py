@@ -239,6 +239,7 @@ class OrchestratorClient:
         job_id: str | None = None,
         fallback: Literal["cpu"] | None = None,
         connect_timeout: float = 2.0,
+        estimated_duration_s: float | None = None,
     ) -> Iterator[GpuLease]:
         """Hold a GPU lease for the block: heartbeated every `ttl_s`/3 in a daemon thread,
         released on exit with the peak VRAM reported and `success` (the block raised
@@ -250,6 +251,8 @@ class OrchestratorClient:
         answer within `connect_timeout`, or answers that it cannot grant leases now (503:
         safe mode, degraded GPUs), `fallback="cpu"` yields a CPU lease (`cpu=True`, no
         devices) instead of failing; without it, that raises `Unreachable` or `ApiError`.
+        `estimated_duration_s` (how long the block holds it) orders it under the
+        `shortest_first` policy (docs/scheduling.md).
 
         >>> with client.gpu_lease("embedder", est_vram_mb=6000, fallback="cpu") as lease:
         ...     device = f"cuda:{lease.devices[0]}" if not lease.cpu else "cpu"
@@ -268,6 +271,7 @@ class OrchestratorClient:
             "wait_s": wait_s,
             "job_id": job_id,
             "node": node,
+            "estimated_duration_s": estimated_duration_s,
         }
         lease = self._acquire(
             {k: v for k, v in request.items() if v is not None}, fallback, connect_timeout
@@ -425,6 +429,7 @@ def gpu_lease(
     connect_timeout: float = 2.0,
     base_url: str | None = None,
     token: str | None = None,
+    estimated_duration_s: float | None = None,
 ) -> Iterator[GpuLease]:
     """`OrchestratorClient.gpu_lease` on a client of its own (from the settings unless
     `base_url` is given), closed after the block.
@@ -447,6 +452,7 @@ def gpu_lease(
             job_id=job_id,
             fallback=fallback,
             connect_timeout=connect_timeout,
+            estimated_duration_s=estimated_duration_s,
         ) as lease,
     ):
         yield lease

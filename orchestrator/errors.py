@@ -84,5 +84,24 @@ class LeaseExpired(OrchestratorError):
     code = "lease_expired"
 
 
+class Unauthenticated(OrchestratorError):
+    """No bearer token, or one that is unknown or revoked (401)."""
+
+    code = "unauthenticated"
+
+
+class Forbidden(OrchestratorError):
+    """The token's role may not call this endpoint (403)."""
+
+    code = "forbidden"
+
+
+class RateLimited(OrchestratorError):
+    """The owner submits faster than its rate allows (429); `retry_after_s` says when to
+    try again."""
+
+    code = "rate_limited"
+
+
 class HandlerNotFound(OrchestratorError):
     code = "handler_not_found"

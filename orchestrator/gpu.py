@@ -72,10 +72,17 @@ class Device:
     temperature_c: float | None = None
     power_draw_w: float | None = None
     error: str | None = None
+    # Set while an admin has not cleared the device's quarantine (orchestrator/gpu_health.py).
+    quarantined_since: datetime | None = None
+    quarantine_reason: str | None = None
 
     @property
     def key(self) -> tuple[str, int]:
         return (self.node, self.index)
+
+    @property
+    def quarantined(self) -> bool:
+        return self.quarantined_since is not None
 
 
 @dataclass(frozen=True)

@@ -56,17 +56,34 @@ class GpuNeeds:
     est_vram_mb: int
     gpu_count: int = 1
     model_id: str | None = None
+    # (node, index) of devices an attempt ran out of memory on: the next one prefers others.
+    avoid: tuple[tuple[str, int], ...] = ()
+    # How long the handler holds its lease, when the submitter knows (`shortest_first`).
+    estimated_duration_s: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        value: dict[str, Any] = {
             "est_vram_mb": self.est_vram_mb,
             "gpu_count": self.gpu_count,
             "model_id": self.model_id,
         }
+        if self.avoid:
+            value["avoid"] = [[node, index] for node, index in self.avoid]
+        if self.estimated_duration_s is not None:
+            value["estimated_duration_s"] = self.estimated_duration_s
+        return value
 
     @classmethod
     def from_dict(cls, value: dict[str, Any]) -> GpuNeeds:
-        return cls(int(value["est_vram_mb"]), int(value.get("gpu_count", 1)), value.get("model_id"))
+        avoid = tuple((str(node), int(index)) for node, index in value.get("avoid") or ())
+        duration = value.get("estimated_duration_s")
+        return cls(
+            int(value["est_vram_mb"]),
+            int(value.get("gpu_count", 1)),
+            value.get("model_id"),
+            avoid,
+            None if duration is None else float(duration),
+        )
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 
 from orchestrator.admission import Book, Limits
 from orchestrator.clock import Clock
-from orchestrator.errors import InvalidRequest, LeaseNotFound
+from orchestrator.errors import Conflict, InvalidRequest, LeaseNotFound
+from orchestrator.input_limits import InputLimits
 from orchestrator.leases import (
     AdmissionPolicy,
     Denial,
@@ -136,6 +137,9 @@ class LeaseService:
             raise InvalidRequest(f"ttl_s must be in (0, {s.lease_max_ttl_s:g}]")
         if not 0 <= request.wait_s <= s.lease_max_wait_s:
             raise InvalidRequest(f"wait_s must be in [0, {s.lease_max_wait_s:g}]")
+        InputLimits(s).check_names(
+            agent=request.agent, operation=request.operation, node=request.node
+        )
 
     def nodes_that_could_hold(self, est_vram_mb: int, gpu_count: int) -> set[str]:
         """The nodes with `gpu_count` devices big enough for `est_vram_mb` once free."""
@@ -144,18 +148,43 @@ class LeaseService:
         book = Book(self.store.list_devices(), (), policy, self.limits, self.clock.now())
         return book.possible_nodes(request)
 
-    def get(self, token: str) -> Lease:
+    def get(self, token: str, owner: str | None = None) -> Lease:
+        """The lease; with `owner`, only if that owner answers for it (else not found)."""
         lease = self.store.get_lease(token)
-        if lease is None:
+        if lease is None or (owner is not None and lease.owner != owner):
             raise LeaseNotFound(f"no lease {token}", token=token)
         return lease
 
-    def heartbeat(self, token: str, used_vram_mb: int | None = None) -> Lease:
+    def heartbeat(
+        self, token: str, used_vram_mb: int | None = None, owner: str | None = None
+    ) -> Lease:
+        if owner is not None:
+            self._held_by_caller(token, owner)
         return self.store.renew_lease(token, self.clock.now(), used_vram_mb)
 
+    def _held_by_caller(self, token: str, owner: str) -> None:
+        """A non-admin may heartbeat or release its own leases, but not a job's: the worker
+        running the job holds that one (through the store), and releasing it would free VRAM
+        the job's handler still uses (DESIGN invariant 6)."""
+        lease = self.get(token, owner)
+        if lease.job_id is not None:
+            raise Conflict(
+                f"lease {token} belongs to job {lease.job_id}: its worker holds and releases "
+                "it (an admin may too); cancel the job to stop it",
+                reason="job_lease",
+                token=token,
+            )
+
     def release(
-        self, token: str, *, peak_vram_mb: int | None = None, success: bool | None = None
+        self,
+        token: str,
+        *,
+        peak_vram_mb: int | None = None,
+        success: bool | None = None,
+        owner: str | None = None,
     ) -> Lease:
+        if owner is not None:
+            self._held_by_caller(token, owner)
         lease = self.store.release_lease(
             token, self.clock.now(), self.limits, peak_vram_mb=peak_vram_mb, success=success
         )

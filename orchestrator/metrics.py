@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from orchestrator.clock import Clock, SystemClock
@@ -122,7 +122,7 @@ class StateCollector(Collector):
         self.clock = clock or SystemClock()
         self.stale_after_s = stale_after_s
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         leader = GaugeMetricFamily(f"{PREFIX}leader", "1 if this replica leads.")
         leader.add_metric([], 1.0 if self.is_leader() else 0.0)
         yield leader
@@ -141,14 +141,14 @@ class StateCollector(Collector):
             f"{PREFIX}dead_letter_jobs", "Dead-lettered jobs, by type.", labels=["type"]
         )
         dead_by_type: dict[str, float] = {}
-        db_families: list[GaugeMetricFamily] = []
+        db_families: list[Metric] = []
         try:
             for job_type, status, band, count in self.store.queue_depths():
                 if status == JobStatus.DEAD_LETTER:
                     dead_by_type[job_type] = dead_by_type.get(job_type, 0.0) + float(count)
                 else:
                     depth.add_metric([job_type, status, band.label], float(count))
-            db_families = self._gpu_families() + self._fleet_families()
+            db_families = self._gpu_families() + self._fleet_families() + self._usage_families()
             errors.add_metric(["database"], 0.0)
         except Unavailable as exc:
             logger.warning("metrics: %s", exc, extra={"event": "scrape_error"})
@@ -196,6 +196,11 @@ class StateCollector(Collector):
             "1 if the device is healthy (not hot, NVML answering).",
             labels=labels,
         )
+        quarantined = GaugeMetricFamily(
+            f"{PREFIX}gpu_quarantined",
+            "1 while the device is quarantined (no new leases until an admin clears it).",
+            labels=labels,
+        )
         active = GaugeMetricFamily(
             f"{PREFIX}leases_active", "Active GPU leases, by node.", labels=["node"]
         )
@@ -214,13 +219,42 @@ class StateCollector(Collector):
             used.add_metric(key, float(d.memory_used_mb))
             leased.add_metric(key, float(held.get(d.key, 0)))
             healthy.add_metric(key, 1.0 if d.health == "ok" else 0.0)
+            quarantined.add_metric(key, 1.0 if d.quarantined else 0.0)
             if d.utilization_gpu_pct is not None:
                 util.add_metric(key, d.utilization_gpu_pct)
             if d.temperature_c is not None:
                 temp.add_metric(key, d.temperature_c)
         for node, count in sorted(per_node.items()):
             active.add_metric([node], float(count))
-        return [total, used, leased, util, temp, healthy, active]
+        return [total, used, leased, util, temp, healthy, quarantined, active]
+
+    def _usage_families(self) -> list[Metric]:
+        """GPU accounting from the usage rows (every replica reports the same totals; they
+        only grow, as a lease's row is written once when it ends)."""
+        gpu_seconds = CounterMetricFamily(
+            f"{PREFIX}gpu_seconds",
+            "GPU-seconds (seconds held x devices) of finished leases, by owner and type.",
+            labels=["owner", "type"],
+        )
+        vram = CounterMetricFamily(
+            f"{PREFIX}vram_mb_seconds",
+            "Estimated VRAM MB-seconds (est_vram_mb x seconds x devices) of finished leases, "
+            "by owner and type.",
+            labels=["owner", "type"],
+        )
+        peak = CounterMetricFamily(
+            f"{PREFIX}vram_mb_seconds_peak",
+            "Measured VRAM MB-seconds (peak_vram_mb x seconds x devices) of finished leases "
+            "whose holder reported a peak, by owner and type.",
+            labels=["owner", "type"],
+        )
+        # `type` is a job's type for a job's lease and "other" for any other lease (an
+        # agent's operation is free text: it must not make the label unbounded).
+        for owner, job_type, seconds, mb_seconds, peak_mb_s in self.store.usage_by_owner_type():
+            gpu_seconds.add_metric([owner, job_type or ""], seconds)
+            vram.add_metric([owner, job_type or ""], mb_seconds)
+            peak.add_metric([owner, job_type or ""], peak_mb_s)
+        return [gpu_seconds, vram, peak]
 
     def _fleet_families(self) -> list[GaugeMetricFamily]:
         """Workers by pool and status from their rows, and what each active pool wants."""

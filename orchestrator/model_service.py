@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from orchestrator.api.schemas import SubmitRequest
 from orchestrator.clock import Clock
@@ -36,10 +36,17 @@ class ModelService:
         self.clock = clock
 
     def preload(
-        self, model_ids: Sequence[str], *, refresh: bool = False, owner: str = "anonymous"
+        self,
+        model_ids: Sequence[str],
+        *,
+        refresh: bool = False,
+        owner: str = "anonymous",
+        charge: Callable[[int], None] | None = None,
     ) -> PreloadResult:
         """Submit a preload job for each model. Without `refresh`, a model already warm on
-        some node, or whose preload is in progress, is skipped (and said so)."""
+        some node, or whose preload is in progress, is skipped (and said so). `charge`: the
+        owner's submit rate limit, charged with the number of preloads queued."""
+        self.jobs.limits.check_preload_count(len(model_ids))
         ids = check_model_ids(model_ids)
         skipped: list[Skipped] = []
         if not refresh:
@@ -55,7 +62,7 @@ class ModelService:
             for m in wanted
         ]
         # Durable and published like any job: from here on the preloads happen.
-        submitted = self.jobs.submit(requests, owner) if requests else []
+        submitted = self.jobs.submit(requests, owner, charge) if requests else []
         queued = [Queued(m, s.job.id) for m, s in zip(wanted, submitted, strict=True)]
         try:
             self.store.queue_preloads([(q.model_id, q.job_id) for q in queued], self.clock.now())

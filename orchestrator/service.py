@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 from orchestrator.api.schemas import SubmitRequest
@@ -15,6 +15,7 @@ from orchestrator.errors import (
     StreamsUnavailable,
     Unavailable,
 )
+from orchestrator.input_limits import InputLimits
 from orchestrator.jobs import Dispatch, Job, JobEvent, JobSpec, Priority, request_hash
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
@@ -39,11 +40,17 @@ class JobService:
         self.settings = settings
         self.clock = clock
         self.metrics = metrics or Metrics()
+        self.limits = InputLimits(settings)
 
     def submit(
-        self, requests: Sequence[SubmitRequest], owner: str = "anonymous"
+        self,
+        requests: Sequence[SubmitRequest],
+        owner: str = "anonymous",
+        charge: Callable[[int], None] | None = None,
     ) -> list[Submitted]:
-        """Store the jobs (all or nothing), then publish the due ones."""
+        """Store the jobs (all or nothing), then publish the due ones. `charge(n)` (the
+        owner's submit rate limit) runs once the batch is valid, before anything is written:
+        a rejected request costs no rate-limit budget, and a rate-limited one writes nothing."""
         if len(requests) > self.settings.max_batch_size:
             raise InvalidRequest(
                 f"a batch holds at most {self.settings.max_batch_size} jobs",
@@ -51,6 +58,8 @@ class JobService:
             )
         now = self.clock.now()
         specs = [self._spec(r, owner, now) for r in requests]
+        if charge is not None:
+            charge(len(specs))
         submitted = self.store.submit_jobs(specs, now)
         for s in submitted:
             if s.created:
@@ -87,6 +96,8 @@ class JobService:
                 )
 
     def _spec(self, request: SubmitRequest, owner: str, now: datetime) -> JobSpec:
+        self.limits.check_job_types([request.type])
+        self.limits.check_idempotency_key(request.idempotency_key)
         try:
             size = len(dumps(request.payload).encode())
         except (ValueError, RecursionError) as exc:  # NaN, Infinity, lone surrogates, depth
@@ -104,6 +115,7 @@ class JobService:
             if request.run_at is not None
             else now + timedelta(seconds=request.delay_s or 0)
         )
+        self.limits.check_schedule(available_at, now)
         max_attempts = request.max_attempts or self.settings.default_max_attempts
         priority = Priority.from_label(request.priority)
         # Idempotency compares the request as sent (run_at already in UTC), not the server's
@@ -122,19 +134,29 @@ class JobService:
             gpu=request.gpu.needs() if request.gpu else None,
         )
 
-    def get(self, job_id: str) -> Job:
+    def get(self, job_id: str, owner: str | None = None) -> Job:
+        """The job; with `owner`, only if it is that owner's: another's job is not found
+        (404, not 403, so ids of other owners' jobs leak nothing)."""
         job = self.store.get_job(job_id)
-        if job is None:
+        if job is None or (owner is not None and job.owner != owner):
             raise JobNotFound(f"no job {job_id}", job_id=job_id)
         return job
 
     def list_jobs(
-        self, *, status: str | None, type: str | None, limit: int, cursor: str | None
+        self,
+        *,
+        status: str | None,
+        type: str | None,
+        limit: int,
+        cursor: str | None,
+        owner: str | None = None,
     ) -> JobPage:
-        return self.store.list_jobs(status=status, type=type, limit=limit, cursor=cursor)
+        return self.store.list_jobs(
+            status=status, type=type, limit=limit, cursor=cursor, owner=owner
+        )
 
-    def events(self, job_id: str) -> list[JobEvent]:
-        self.get(job_id)
+    def events(self, job_id: str, owner: str | None = None) -> list[JobEvent]:
+        self.get(job_id, owner)
         return self.store.job_events(job_id)
 
     def replay(self, job_id: str, actor: str = "anonymous") -> Job:
@@ -142,5 +164,8 @@ class JobService:
         scheduler on its next tick)."""
         return self.store.replay_dead_letter(job_id, self.clock.now(), actor)
 
-    def cancel(self, job_id: str, actor: str = "anonymous") -> Job:
+    def cancel(self, job_id: str, actor: str = "anonymous", owner: str | None = None) -> Job:
+        """Cancel as `actor`; with `owner`, only that owner's job (else not found)."""
+        if owner is not None:
+            self.get(job_id, owner)
         return self.store.cancel_job(job_id, self.clock.now(), actor)

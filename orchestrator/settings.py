@@ -6,8 +6,10 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from orchestrator.input_limits import MAX_DELAY_S, compile_job_type_pattern
 
 EMBEDDED = "embedded"
 
@@ -47,15 +49,90 @@ class Settings(BaseSettings):
         description="Bearer token the CLI and the client send. Empty: none.",
     )
 
-    # Jobs.
-    max_payload_bytes: int = Field(1 << 20, ge=1, description="Largest job payload (JSON bytes).")
-    max_request_bytes: int = Field(
-        16 << 20, ge=1, description="Largest HTTP request body (a whole batch)."
+    # Authentication, roles and the submit rate limit (docs/security.md).
+    api_token_hashes: str = Field(
+        "",
+        description="Tokens configured by environment, comma-separated "
+        "'sha256hex:role:owner' entries (`orchestrator tokens hash` prints one). They add "
+        "to the tokens of the database; any token at all turns authentication on.",
     )
-    max_result_bytes: int = Field(1 << 20, ge=1, description="Largest job result (JSON bytes).")
-    max_batch_size: int = Field(1000, ge=1, description="Most jobs in one submit_batch request.")
-    max_page_size: int = Field(500, ge=1, description="Most jobs in one GET /jobs page.")
-    default_max_attempts: int = Field(3, ge=1, description="Attempts when a submit names none.")
+    auth_cache_ttl_s: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="How long a replica trusts a token it looked up: a revoked token stops "
+        "working within this time. 0: look every request up.",
+    )
+    metrics_require_token: bool = Field(
+        False, description="/metrics answers only with a token (any role) when auth is on."
+    )
+    allow_open_api: bool = Field(
+        False,
+        description="DANGEROUS: serve on a non-loopback address with no tokens, so anyone "
+        "who reaches it acts as an admin.",
+    )
+    submit_rate_per_s: float = Field(
+        5000.0,
+        ge=0,
+        description="Jobs per second each owner may submit, per replica (a batch of n "
+        "counts n). 0: no limit.",
+    )
+    submit_burst: int = Field(
+        20000,
+        ge=0,
+        description="Jobs an owner may submit at once above its rate (bucket size); at least "
+        "max_batch_size while the rate is on.",
+    )
+    allowed_hosts: str = Field(
+        "localhost,127.0.0.1,::1",
+        description="While the API runs open (no tokens): the Host header values it answers "
+        "(comma-separated; any port; IPv6 with or without brackets). Others get 403, against "
+        "DNS rebinding.",
+    )
+
+    # Jobs.
+    # Input limits (docs/api.md#limits); the request schemas hold the absolute bounds, these
+    # can only narrow them.
+    max_payload_bytes: int = Field(
+        1 << 20, ge=1, le=1 << 30, description="Largest job payload (JSON bytes)."
+    )
+    max_request_bytes: int = Field(
+        16 << 20, ge=1, le=1 << 30, description="Largest HTTP request body (a whole batch)."
+    )
+    max_result_bytes: int = Field(
+        1 << 20, ge=1, le=1 << 30, description="Largest job result (JSON bytes)."
+    )
+    max_batch_size: int = Field(
+        1000, ge=1, le=100_000, description="Most jobs in one submit_batch request."
+    )
+    max_page_size: int = Field(
+        500, ge=1, le=10_000, description="Most items in one page of any list (jobs, leases...)."
+    )
+    job_type_pattern: str = Field(
+        r"^[a-z][a-z0-9_]{0,63}$",
+        description="Regular expression a submitted job type (or a pool's) must match in "
+        "full. Types must also satisfy the stream key rules ^[a-z][a-z0-9_]{0,63}$, so this "
+        "can only narrow them. Built-in types (preloads) are always allowed.",
+    )
+    max_idempotency_key_length: int = Field(
+        255, ge=1, le=255, description="Longest idempotency_key, in characters."
+    )
+    max_name_length: int = Field(
+        128, ge=1, le=128, description="Longest lease agent, operation or node name."
+    )
+    max_delay_s: float = Field(
+        MAX_DELAY_S,
+        gt=0,
+        le=MAX_DELAY_S,
+        description="Longest a job may be scheduled ahead (run_at or delay_s), in seconds. "
+        "Default and most: 3660 days.",
+    )
+    max_preload_models: int = Field(
+        100, ge=1, le=100, description="Most models in one POST /models/preload."
+    )
+    default_max_attempts: int = Field(
+        3, ge=1, le=100, description="Attempts when a submit names none."
+    )
     default_timeout_s: float = Field(600.0, gt=0, description="Handler time limit by default.")
     max_timeout_s: float = Field(7 * 86400.0, gt=0, description="Largest timeout_s accepted.")
     retry_backoff_base_s: float = Field(
@@ -177,6 +254,36 @@ class Settings(BaseSettings):
         1.0, ge=0, description="Delay before a job given back for want of a lease is offered again."
     )
 
+    # GPU health: OOM retries and device quarantine (docs/gpus.md).
+    gpu_oom_growth: float = Field(
+        1.5,
+        ge=1,
+        le=10,
+        description="A job whose handler ran out of GPU memory is retried with its "
+        "est_vram_mb times this (1: the same estimate).",
+    )
+    gpu_oom_max_vram_mb: int = Field(
+        0,
+        ge=0,
+        description="Most an OOM retry raises est_vram_mb to (0: the largest device, "
+        "less headroom).",
+    )
+    gpu_quarantine_faults: int = Field(
+        3,
+        ge=0,
+        description="NVML errors or Xid-style faults on one device within "
+        "gpu_quarantine_window_s that quarantine it (0: never).",
+    )
+    gpu_quarantine_ooms: int = Field(
+        3,
+        ge=0,
+        description="Out-of-memory failures below the device's capacity within "
+        "gpu_quarantine_window_s that quarantine it (0: never).",
+    )
+    gpu_quarantine_window_s: float = Field(
+        600.0, gt=0, description="The window in which a device's faults are counted."
+    )
+
     # Models.
     model_store: Path | None = Field(
         None,
@@ -209,6 +316,35 @@ class Settings(BaseSettings):
     # Logs.
     log_level: str = Field("INFO", description="Log level.")
     log_json: bool = Field(False, description="Log JSON lines instead of readable text.")
+
+    @model_validator(mode="after")
+    def _limits_consistent(self) -> Settings:
+        """A nonsense limit is a startup error, not a surprise on the first request."""
+        compile_job_type_pattern(self.job_type_pattern)
+        pairs = [
+            ("max_payload_bytes", "max_request_bytes"),
+            ("default_timeout_s", "max_timeout_s"),
+            ("lease_default_ttl_s", "lease_max_ttl_s"),
+            ("retry_backoff_base_s", "retry_backoff_max_s"),
+        ]
+        for low, high in pairs:
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(f"{low} must not be more than {high}")
+        if self.submit_rate_per_s > 0 and self.submit_burst < self.max_batch_size:
+            raise ValueError(
+                f"submit_burst ({self.submit_burst}) must be at least max_batch_size "
+                f"({self.max_batch_size}) while the submit rate limit is on: a batch costs "
+                "its full size, so a larger one could never pass"
+            )
+        return self
+
+    @field_validator("api_token_hashes")
+    @classmethod
+    def _token_hashes(cls, value: str) -> str:
+        from orchestrator.auth import parse_token_hashes  # auth needs Settings: import late
+
+        parse_token_hashes(value)
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

@@ -14,6 +14,7 @@ import threading
 from orchestrator.clock import Clock
 from orchestrator.errors import Unavailable
 from orchestrator.gpu import GpuProbe, NodeReading
+from orchestrator.gpu_health import FaultKind, FaultRules, GpuFault
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 
@@ -39,7 +40,25 @@ class GpuReporter:
         if reading.source != "none":
             limit = self.settings.gpu_temp_limit_c
             self.store.report_node(self.node, reading, self.clock.now(), limit)
+            self._count_faults(reading)
         return reading
+
+    def _count_faults(self, reading: NodeReading) -> None:
+        """A device NVML could not read counts a fault (enough of them quarantine it)."""
+        rules = FaultRules.of(self.settings)
+        for d in reading.devices:
+            if d.error is None:
+                continue
+            fault = GpuFault(self.node, d.index, FaultKind.NVML, d.error)
+            quarantine = self.store.record_gpu_fault(fault, self.clock.now(), rules)
+            if quarantine is not None:
+                logger.error(
+                    "GPU %s/%d quarantined: %s",
+                    self.node,
+                    d.index,
+                    quarantine.reason,
+                    extra={"event": "gpu_quarantined"},
+                )
 
     def _run(self) -> None:
         while not self._stop.is_set():

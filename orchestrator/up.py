@@ -13,9 +13,12 @@ from contextlib import contextmanager
 from types import FrameType
 
 import uvicorn
+from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator import migrate
 from orchestrator.api.app import create_app
+from orchestrator.auth import Authenticator, check_exposure, is_loopback
+from orchestrator.clock import SystemClock
 from orchestrator.errors import OrchestratorError
 from orchestrator.gpu import build_probe
 from orchestrator.sdnotify import LoopProbe, Notifier, Watchdog, all_of
@@ -78,6 +81,11 @@ def serve(settings: Settings, *, run_engine: bool = True) -> None:
     store = build_store(settings)
     migrate.check_at_head(store.engine)
     services = build_services(settings, store=store)
+    try:
+        check_exposure(settings, services.auth)
+    except OrchestratorError:
+        services.close()
+        raise
     # Agents on this host lease its GPUs through the API: report them, if it has any.
     reporter = None
     probe = build_probe(settings)
@@ -126,6 +134,7 @@ def up(settings: Settings, *, workers: int, concurrency: int) -> None:
     """Everything on one machine: embedded Redis (unless ORCH_REDIS_URL names one), the
     schema, the API with the engine, and a pool of worker processes with the built-ins."""
     _check_port_free(settings)
+    _check_exposure_first(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     embedded = None
     if settings.redis_url == EMBEDDED:
@@ -161,6 +170,34 @@ def up(settings: Settings, *, workers: int, concurrency: int) -> None:
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+class _TokenCount:
+    """What `Authenticator.enabled` asks of the database, answered ahead of time."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def count_tokens(self) -> int:
+        return self.count
+
+
+def _check_exposure_first(settings: Settings) -> None:
+    """Refuse to run open on a public address before starting anything (Redis, the
+    migrations, worker processes): `serve` checks again, and says it runs open on loopback."""
+    if is_loopback(settings.host):
+        return
+    count = 0
+    try:
+        store = build_store(settings)
+        try:
+            count = store.count_tokens()
+        finally:
+            store.close()
+    except (SQLAlchemyError, OSError, OrchestratorError):
+        count = 0  # no database or schema yet: no tokens either
+    auth = Authenticator(_TokenCount(count), settings, SystemClock())  # type: ignore[arg-type]
+    check_exposure(settings, auth)
 
 
 def _stop_pool(pool: LocalPool, grace_s: float) -> None:

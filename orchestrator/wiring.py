@@ -6,6 +6,7 @@ import os
 import socket
 from dataclasses import dataclass
 
+from orchestrator.auth import Authenticator
 from orchestrator.clock import Clock, SystemClock
 from orchestrator.engine import Engine
 from orchestrator.ids import new_token
@@ -13,6 +14,7 @@ from orchestrator.lease_service import LeaseService
 from orchestrator.metrics import Metrics
 from orchestrator.model_service import ModelService
 from orchestrator.pool_policy import PoolPolicy
+from orchestrator.rate_limit import SubmitRateLimit
 from orchestrator.reclaimer import Reclaimer
 from orchestrator.service import JobService
 from orchestrator.settings import Settings
@@ -34,6 +36,8 @@ class Services:
     leases: LeaseService
     engine: Engine
     metrics: Metrics
+    auth: Authenticator
+    submit_limit: SubmitRateLimit
 
     def close(self) -> None:
         self.engine.stop()
@@ -102,6 +106,8 @@ def build_services(
         leases=leases,
         engine=engine,
         metrics=metrics,
+        auth=Authenticator(store, settings, clock),
+        submit_limit=SubmitRateLimit(settings.submit_rate_per_s, settings.submit_burst, clock),
     )
 
 

@@ -49,6 +49,9 @@ def test_metrics_doc__lists_every_metric() -> None:
         def list_pools(self, *_: object) -> list[object]:
             return []
 
+        def usage_by_owner_type(self) -> list[object]:
+            return []
+
     families = [*Metrics().registry.collect()]
     families += StateCollector(NoState(), NoState(), lambda: False).collect()  # type: ignore[arg-type]
     families += WorkerMetrics().registry.collect()

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from workers.context import JobCancelled, JobContext, JobTimeout
+from workers.context import GpuFault, GpuOutOfMemory, JobCancelled, JobContext, JobTimeout
 from workers.registry import HandlerRegistry, handler
 
-__all__ = ["HandlerRegistry", "JobCancelled", "JobContext", "JobTimeout", "handler"]
+__all__ = [
+    "GpuFault",
+    "GpuOutOfMemory",
+    "HandlerRegistry",
+    "JobCancelled",
+    "JobContext",
+    "JobTimeout",
+    "handler",
+]

@@ -29,6 +29,16 @@ class JobLeaseLost(JobInterrupted):
     """The job's GPU lease expired (its heartbeats failed): the devices are no longer ours."""
 
 
+class GpuOutOfMemory(Exception):
+    """Raise it when the job's GPU work ran out of memory (as torch's OutOfMemoryError
+    does): the job is retried with a larger VRAM estimate, on another device if one fits."""
+
+
+class GpuFault(Exception):
+    """Raise it when the device itself failed (an Xid, an uncorrectable ECC error): the
+    fault counts towards quarantining the job's devices, and the attempt fails."""
+
+
 @dataclass(frozen=True)
 class GpuAssignment:
     """The devices a job's lease holds, on this worker's node."""
@@ -80,6 +90,8 @@ class JobContext:
         self.models = models
         self.peak_vram_mb: int | None = None
         self.vram_used_mb: int | None = None
+        # (device index or None for all the job's devices, what was seen), see report_gpu_fault.
+        self.gpu_faults: list[tuple[int | None, str]] = []
         self._cancel = threading.Event()
         self.logger = logging.LoggerAdapter(
             logging.getLogger(f"workers.jobs.{job_type}"),
@@ -111,6 +123,12 @@ class JobContext:
         its peak is recorded when the lease is released."""
         self.vram_used_mb = int(used_mb)
         self.peak_vram_mb = max(self.peak_vram_mb or 0, int(used_mb))
+
+    def report_gpu_fault(self, detail: str, device: int | None = None) -> None:
+        """Tell the orchestrator a device of this job's lease failed (e.g. an Xid seen in
+        the kernel log): recorded when the attempt ends, it counts towards quarantining the
+        device (`device`: its NVML index; None: every device of the lease)."""
+        self.gpu_faults.append((device, str(detail)[:1000]))
 
     def _set_cancelled(self) -> None:
         self._cancel.set()

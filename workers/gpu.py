@@ -155,8 +155,10 @@ class JobGpus:
                 operation=job.type,
                 model_id=job.gpu.model_id,
                 job_id=job.id,
+                estimated_duration_s=job.gpu.estimated_duration_s,
                 node=self.node,
                 queued_at=job.created_at,
+                avoid=job.gpu.avoid,
             ),
             abandon=abandon,
         )

@@ -209,6 +209,46 @@ class WarmModels:
             )
             return 0
 
+    def carry_out_evictions(self, in_use: set[str | None]) -> list[str]:
+        """Unload the models an eviction asks this node to drop (`POST /models/evict`),
+        except those a job of this process runs with now (`in_use`): they wait for the next
+        heartbeat. Returns the models unloaded. Best effort: an outage only logs."""
+        done: list[str] = []
+        try:
+            for model_id in self.store.pending_evictions(self.node):
+                if model_id in in_use:
+                    continue  # a job of ours runs with it: at a later heartbeat
+                with self._lock:
+                    gate = self._loading.setdefault(model_id, threading.Lock())
+                # Under the model's load gate: a load racing the eviction waits for it, so
+                # nothing ever sees a half-unloaded model.
+                with gate:
+                    with self._lock:
+                        held = self._loaded.pop(model_id, None) is not None
+                    if held:
+                        self.store.finish_eviction(self.node, model_id)
+                    # Not loaded here: nothing to unload. Finish it unless another process
+                    # on this node holds the warm record (that one unloads it), so a row
+                    # nobody would carry out does not outlive its model.
+                    elif not self.store.finish_eviction(
+                        self.node, model_id, not_held_by=self.worker_id or ""
+                    ):
+                        continue
+                done.append(model_id)
+                logger.info(
+                    "model %s evicted from %s",
+                    model_id,
+                    self.node,
+                    extra={"event": "model_evicted", "model_id": model_id},
+                )
+        except OrchestratorError as exc:
+            logger.warning(
+                "could not carry out model evictions: %s",
+                exc,
+                extra={"event": "model_evict_failed"},
+            )
+        return done
+
     # -- internals -------------------------------------------------------------------------
 
     def _load(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
@@ -14,6 +15,7 @@ from orchestrator.settings import Settings
 from orchestrator.store import Outcome, Store
 from orchestrator.store.codec import dumps
 from orchestrator.streams import Delivery, Streams
+from workers.batching import GroupCommit
 from workers.observer import UNRECORDED, WorkerObserver, outcome_of
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,12 @@ class OutcomeRecorder:
         self.clock = clock
         self.settings = settings
         self.observer = observer or WorkerObserver()  # told each outcome: `job_finished`
+        # Slots finishing at the same time share one commit, and their acks one round trip
+        # (workers/batching.py); each still returns only once its own write is done.
+        self._completions: GroupCommit[tuple[Claim, Any], Outcome] = GroupCommit(
+            lambda items: store.complete_jobs(items, clock.now()), shared=(Unavailable,)
+        )
+        self._acks: GroupCommit[Delivery, None] = GroupCommit(self._ack_all, shared=(Unavailable,))
 
     def record(self, claim: Claim, delivery: Delivery, status: str, value: Any) -> bool:
         """Record what a handler did ("ok" with its result, "timeout", "cancelled", or
@@ -79,7 +87,7 @@ class OutcomeRecorder:
         )
 
     def complete(self, claim: Claim, result: Any) -> Outcome | None:
-        return self._record(claim, lambda: self.store.complete_job(claim, result, self.clock.now()))
+        return self._record(claim, lambda: self._completions((claim, result)))
 
     def fail(self, claim: Claim, error: str, retry_delay_s: float) -> Outcome | None:
         outcome = self._record(
@@ -127,7 +135,7 @@ class OutcomeRecorder:
         try:
             for attempt in _retrying():
                 with attempt:
-                    self.streams.ack([delivery])
+                    self._acks(delivery)
         except Unavailable as exc:
             # The outcome is committed; a redelivery fails its claim and is acked then.
             logger.error(
@@ -140,6 +148,10 @@ class OutcomeRecorder:
                     "attempt": delivery.dispatch.attempt,
                 },
             )
+
+    def _ack_all(self, deliveries: Sequence[Delivery]) -> list[None]:
+        self.streams.ack(deliveries)
+        return [None] * len(deliveries)
 
 
 def _log(claim: Claim, outcome: Outcome) -> None:

@@ -29,13 +29,14 @@ from orchestrator.errors import (
 )
 from orchestrator.fleet import WorkerRegistration
 from orchestrator.ids import new_token
-from orchestrator.jobs import Claim, retry_delay_s
+from orchestrator.jobs import Claim, Dispatch, retry_delay_s
 from orchestrator.lease_service import LeaseService
 from orchestrator.leases import Lease
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from orchestrator.store.codec import dumps
 from orchestrator.streams import Delivery, Streams
+from workers.batching import GroupCommit
 from workers.context import (
     JobCancelled,
     JobContext,
@@ -44,6 +45,7 @@ from workers.context import (
     JobTimeout,
 )
 from workers.gpu import JobGpus
+from workers.gpu_health import GpuHealth
 from workers.interrupt import clear_in_thread, raise_in_thread
 from workers.models import ModelAffinity, WarmModels
 from workers.monitor import Monitor, Running
@@ -90,6 +92,10 @@ class Worker:
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{new_token()[:6]}"
         self.observer = observer or WorkerObserver()  # hooks: workers/observer.py
         self.outcomes = OutcomeRecorder(store, streams, self.clock, settings, self.observer)
+        # Slots that claim at the same time share one transaction (workers/batching.py).
+        self._claims: GroupCommit[Dispatch, Claim | None] = GroupCommit(
+            lambda ds: self.store.claim_jobs(ds, self.id, self.clock.now()), shared=(Unavailable,)
+        )
         self.node = settings.resolved_node_name()
         self.models = models
         self.affinity = affinity
@@ -100,6 +106,7 @@ class Worker:
             outcomes=self.outcomes,
             on_outage=self._note_outage,
         )
+        self.gpu_health = GpuHealth(store, settings, self.clock)
         self.pool = pool
         self.registration = Registration(
             store,
@@ -211,8 +218,11 @@ class Worker:
     def _beat_registration(self) -> None:
         """Each heartbeat: the worker's row, with the jobs it runs now."""
         self.beat_at = time.monotonic()
-        jobs = [r.claim.job.id for r in self._running_now()]
-        self.registration.beat(jobs, draining=self._stopping.is_set())
+        running = self._running_now()
+        self.registration.beat([r.claim.job.id for r in running], draining=self._stopping.is_set())
+        if self.models is not None:
+            in_use = {r.claim.job.gpu.model_id for r in running if r.claim.job.gpu}
+            self.models.carry_out_evictions(in_use)
 
     # -- the main loop ----------------------------------------------------------------------
 
@@ -306,7 +316,7 @@ class Worker:
     def _process(self, delivery: Delivery) -> None:
         dispatch = delivery.dispatch
         try:
-            claim = self.store.claim_job(dispatch, self.id, self.clock.now())
+            claim = self._claims(dispatch)
         except Unavailable as exc:
             # Not claimed: put it back for later rather than leave it pending here; wait a
             # little first, or the same message comes straight back while the database is down.
@@ -346,6 +356,9 @@ class Worker:
         self.observer.job_started(claim)
         status, value = self._run_handler(running)
         if lease is not None:
+            # Faults first: a quarantine must be written before the lease's release can hand
+            # the failing card to the next request.
+            self.gpu_health.after_attempt(claim, lease, running.ctx, status, value)
             self.gpus.release(lease, peak_vram_mb=running.ctx.peak_vram_mb, success=status == "ok")
         with running.lock:
             if running.released:

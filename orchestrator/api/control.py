@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
 
 from orchestrator.api.jobs import ERRORS, JOB_ID_PATTERN
 from orchestrator.api.schemas import JobType, JobView, utc
+from orchestrator.api.security import ADMIN, ANY_ROLE, Admin
 from orchestrator.jobs import JobStatus
 from orchestrator.wiring import Services
 
@@ -42,7 +43,7 @@ class DeadLetterView(BaseModel):
     next_cursor: str | None
 
 
-@router.get("/leader", response_model=LeaderView)
+@router.get("/leader", response_model=LeaderView, dependencies=[Depends(ANY_ROLE)])
 def get_leader(request: Request) -> LeaderView:
     """Which replica leads (runs the engine's loops), since when, and its epoch."""
     election = _services(request).engine.election
@@ -57,14 +58,19 @@ def get_leader(request: Request) -> LeaderView:
     )
 
 
-@router.post("/control/reclaim", response_model=ReclaimView, responses=ERRORS)
+@router.post(
+    "/control/reclaim",
+    response_model=ReclaimView,
+    responses=ERRORS,
+    dependencies=[Depends(ADMIN)],
+)
 def reclaim(request: Request) -> ReclaimView:
     """Run one reclaim pass now, on this replica (safe on any replica at any time)."""
     report = _services(request).reclaimer.reclaim()
     return ReclaimView(**report.as_dict())
 
 
-@router.get("/dlq", response_model=DeadLetterView, responses=ERRORS)
+@router.get("/dlq", response_model=DeadLetterView, responses=ERRORS, dependencies=[Depends(ADMIN)])
 def list_dead_letters(
     request: Request,
     type: Annotated[JobType | None, Query()] = None,
@@ -83,6 +89,6 @@ def list_dead_letters(
 
 
 @router.post("/dlq/{job_id}/replay", response_model=JobView, responses=ERRORS)
-def replay_dead_letter(job_id: str, request: Request) -> JobView:
+def replay_dead_letter(job_id: str, request: Request, who: Admin) -> JobView:
     """Make a dead-lettered job pending again, with a fresh attempt budget."""
-    return JobView.of(_services(request).jobs.replay(job_id))
+    return JobView.of(_services(request).jobs.replay(job_id, who.owner))

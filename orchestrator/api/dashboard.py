@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from orchestrator import __version__
@@ -22,6 +22,7 @@ from orchestrator.api.gpu import GpuState, gpu_state
 from orchestrator.api.jobs import ERRORS
 from orchestrator.api.queues import QueueView, list_queues
 from orchestrator.api.schemas import PriorityLabel, utc
+from orchestrator.api.security import PUBLIC, Admin
 from orchestrator.errors import NotFound
 from orchestrator.jobs import Job, JobStatus
 from orchestrator.wiring import Services
@@ -110,7 +111,7 @@ def _services(request: Request) -> Services:
     return services
 
 
-@router.get("/", include_in_schema=False)
+@router.get("/", include_in_schema=False, dependencies=[Depends(PUBLIC)])
 def page() -> Response:
     """The dashboard page."""
     return _asset("index.html", "text/html; charset=utf-8")
@@ -119,6 +120,7 @@ def page() -> Response:
 @router.get("/dashboard/data", response_model=DashboardView, responses=ERRORS)
 def dashboard_data(
     request: Request,
+    who: Admin,
     recent: Annotated[int, Query(ge=1, le=100, description="Recent jobs to list.")] = 25,
     dead: Annotated[int, Query(ge=1, le=100, description="Dead letters to list.")] = 25,
 ) -> DashboardView:
@@ -138,7 +140,7 @@ def dashboard_data(
         version=__version__,
         served_by=services.engine.election.instance_id,
         leader=get_leader(request),
-        gpus=gpu_state(request),
+        gpus=gpu_state(request, who),  # an admin's view: every owner's leases
         queues=queues,
         jobs=[JobRow.of(j) for j in recent_jobs],
         dlq=[JobRow.of(j) for j in dead_jobs],
@@ -148,7 +150,7 @@ def dashboard_data(
     )
 
 
-@router.get("/dashboard/{name}", include_in_schema=False)
+@router.get("/dashboard/{name}", include_in_schema=False, dependencies=[Depends(PUBLIC)])
 def asset(name: str) -> Response:
     """The page's script and style sheet."""
     media_type = ASSETS.get(name)

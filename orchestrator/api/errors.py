@@ -13,17 +13,26 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.errors import (
     Conflict,
+    Forbidden,
     InvalidRequest,
     LeaseExpired,
     NotFound,
     OrchestratorError,
     PayloadTooLarge,
+    RateLimited,
+    Unauthenticated,
     Unavailable,
 )
 
 logger = logging.getLogger(__name__)
 
+# FastAPI's HTTPException detail for a request body it could not decode.
+BODY_NOT_PARSED = "There was an error parsing the body"
+
 STATUS_BY_ERROR: list[tuple[type[OrchestratorError], int]] = [
+    (Unauthenticated, 401),
+    (Forbidden, 403),
+    (RateLimited, 429),
     (PayloadTooLarge, 413),
     (InvalidRequest, 422),
     (NotFound, 404),
@@ -33,11 +42,26 @@ STATUS_BY_ERROR: list[tuple[type[OrchestratorError], int]] = [
 ]
 
 
-def error_response(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: Any = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     body: dict[str, Any] = {"error": code, "message": message}
     if details:
         body["details"] = details
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _headers_of(exc: OrchestratorError) -> dict[str, str] | None:
+    """Headers the status needs (RFC 6750 for 401, RFC 9110 Retry-After for 429)."""
+    if isinstance(exc, Unauthenticated):
+        return {"WWW-Authenticate": 'Bearer realm="orchestrator"'}
+    if isinstance(exc, RateLimited):
+        return {"Retry-After": str(exc.details.get("retry_after_s", 1))}
+    return None
 
 
 def _status_of(exc: OrchestratorError) -> int:
@@ -52,7 +76,7 @@ async def _orchestrator_error(_request: Request, exc: Exception) -> JSONResponse
     status = _status_of(exc)
     if status >= 500:
         logger.error("request failed: %s", exc.message, extra={"event": "request_failed"})
-    return error_response(status, exc.code, exc.message, exc.details or None)
+    return error_response(status, exc.code, exc.message, exc.details or None, _headers_of(exc))
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -71,6 +95,10 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and exc.detail == BODY_NOT_PARSED:
+        # FastAPI's answer to a body that is not even text (bytes that are not UTF-8): the
+        # same error as malformed JSON, so clients handle one case.
+        return error_response(422, "invalid_request", "the request body is not valid JSON")
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return error_response(exc.status_code, code, str(exc.detail))
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from orchestrator.api.schemas import JobType, utc
+from orchestrator.api.schemas import JobType, ModelId, utc
 from orchestrator.fleet import (
     MAX_IDLE_TIMEOUT_S,
     MAX_POOL_CONCURRENCY,
@@ -39,7 +39,7 @@ class CreatePoolRequest(BaseModel):
     name: PoolName
     job_types: list[JobType] = Field(min_length=1, max_length=64)
     node: NodeName | None = None
-    model_id: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+    model_id: ModelId | None = None
     concurrency: Annotated[int, Field(ge=1, le=MAX_POOL_CONCURRENCY, strict=True)] | None = Field(
         None, description="Handler threads per worker. Omitted: ORCH_WORKER_CONCURRENCY."
     )

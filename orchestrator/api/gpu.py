@@ -6,7 +6,7 @@ import time
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,7 +14,8 @@ from orchestrator.admission import Book
 from orchestrator.api.jobs import ERRORS, JOB_ID_PATTERN
 from orchestrator.api.lease_waits import LeaseWaits
 from orchestrator.api.schemas import PriorityLabel, utc
-from orchestrator.errors import Conflict
+from orchestrator.api.security import ANY_ROLE, Admin, AnyRole
+from orchestrator.errors import Conflict, Forbidden
 from orchestrator.gpu import HEALTH_OK, Device
 from orchestrator.jobs import Priority
 from orchestrator.lease_service import LeaseService
@@ -64,6 +65,9 @@ class GpuView(BaseModel):
     error: str | None
     reported_at: datetime | None
     stale: bool
+    quarantined: bool = Field(description="No new leases until an admin clears it.")
+    quarantine_reason: str | None
+    quarantined_since: datetime | None
 
     @classmethod
     def of(cls, d: Device, stale_before: datetime) -> GpuView:
@@ -82,6 +86,9 @@ class GpuView(BaseModel):
             error=d.error,
             reported_at=utc(d.reported_at),
             stale=d.reported_at < stale_before,
+            quarantined=d.quarantined,
+            quarantine_reason=d.quarantine_reason,
+            quarantined_since=utc(d.quarantined_since),
         )
 
 
@@ -127,6 +134,7 @@ class LeaseView(BaseModel):
     peak_vram_mb: int | None
     success: bool | None
     reason: str | None
+    estimated_duration_s: float | None = None
 
     @classmethod
     def of(cls, lease: Lease) -> LeaseView:
@@ -154,6 +162,7 @@ class LeaseView(BaseModel):
             peak_vram_mb=lease.peak_vram_mb,
             success=lease.success,
             reason=lease.reason,
+            estimated_duration_s=lease.estimated_duration_s,
         )
 
 
@@ -162,14 +171,20 @@ class LeasesView(BaseModel):
 
 
 class DeviceState(GpuView):
-    leased_mb: int
+    leased_mb: int = Field(description="VRAM held by every active lease on it, any owner's.")
     leasable_mb: int = Field(description="VRAM a new lease could take now (0 if unusable).")
-    leases: list[LeaseView]
+    leases: list[LeaseView] = Field(description="The leases on it (a non-admin: its own only).")
+    other_owners_leases: int = Field(
+        0, description="Active leases on it of other owners (not listed for a non-admin)."
+    )
 
 
 class GpuState(BaseModel):
     gpus: list[DeviceState]
-    waiting: list[LeaseView]
+    waiting: list[LeaseView] = Field(description="Waiting requests (a non-admin: its own only).")
+    other_owners_waiting: int = Field(
+        0, description="Waiting requests of other owners (not listed for a non-admin)."
+    )
     safe_mode: bool
     headroom_mb: int
 
@@ -202,6 +217,9 @@ class LeaseBody(BaseModel):
     model_id: Annotated[str, Field(min_length=1, max_length=255)] | None = None
     job_id: Annotated[str, Field(pattern=JOB_ID_PATTERN)] | None = None
     node: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    estimated_duration_s: Annotated[float, Field(gt=0, le=366 * 86400)] | None = Field(
+        None, description="How long it will hold the lease: the shortest_first policy."
+    )
 
 
 class HeartbeatBody(BaseModel):
@@ -222,7 +240,7 @@ class ReleaseBody(BaseModel):
 # -- GPUs -------------------------------------------------------------------------------
 
 
-@router.get("/gpu/info", response_model=GpuInfo, responses=ERRORS)
+@router.get("/gpu/info", response_model=GpuInfo, responses=ERRORS, dependencies=[Depends(ANY_ROLE)])
 def gpu_info(request: Request) -> GpuInfo:
     """Every node's GPUs as last reported, and whether any can take leases now."""
     services = _services(request)
@@ -232,7 +250,7 @@ def gpu_info(request: Request) -> GpuInfo:
     views = [GpuView.of(d, stale_before) for d in devices]
     return GpuInfo(
         gpus=views,
-        available=any(not v.stale and v.health == HEALTH_OK for v in views),
+        available=any(not v.stale and v.health == HEALTH_OK and not v.quarantined for v in views),
         nvml_supported=any(n.nvml_supported for n in nodes),
         mps_enabled=any(n.mps_enabled for n in nodes),
         mps={n.name: {"enabled": n.mps_enabled, **n.mps} for n in nodes},
@@ -251,9 +269,11 @@ def gpu_info(request: Request) -> GpuInfo:
 
 
 @router.get("/gpu_state", response_model=GpuState, responses=ERRORS)
-def gpu_state(request: Request) -> GpuState:
-    """Each device with the leases held on it, and the requests waiting for capacity."""
+def gpu_state(request: Request, who: AnyRole) -> GpuState:
+    """Each device with the leases held on it, and the requests waiting for capacity. A
+    non-admin sees its own leases in detail; other owners' only as counts and `leased_mb`."""
     services = _services(request)
+    owner = who.sees_owner
     settings = services.settings
     now = services.clock.now()
     stale_before = now - timedelta(seconds=settings.gpu_stale_s)
@@ -263,21 +283,30 @@ def gpu_state(request: Request) -> GpuState:
     policy, _ = services.store.get_policy()
     devices = services.store.list_devices()
     book = Book(devices, active, policy, services.leases.limits, now)
-    leasable = {d.key: max(0, free) for d, free in book.devices() if d.health == HEALTH_OK}
+    leasable = {
+        d.key: max(0, free)
+        for d, free in book.devices()
+        if d.health == HEALTH_OK and not d.quarantined
+    }
     states = []
     for d in devices:
         on_it = [lease for lease in active if lease.node == d.node and d.index in lease.devices]
+        shown = [lease for lease in on_it if owner is None or lease.owner == owner]
         states.append(
             DeviceState(
                 **GpuView.of(d, stale_before).model_dump(),
                 leased_mb=sum(lease.est_vram_mb for lease in on_it),
                 leasable_mb=leasable.get(d.key, 0),
-                leases=[LeaseView.of(lease) for lease in on_it],
+                leases=[LeaseView.of(lease) for lease in shown],
+                other_owners_leases=len(on_it) - len(shown),
             )
         )
+    waiting = [lease for lease in current if lease.status is LeaseStatus.WAITING]
+    waiting_shown = [lease for lease in waiting if owner is None or lease.owner == owner]
     return GpuState(
         gpus=states,
-        waiting=[LeaseView.of(lease) for lease in current if lease.status is LeaseStatus.WAITING],
+        waiting=[LeaseView.of(lease) for lease in waiting_shown],
+        other_owners_waiting=len(waiting) - len(waiting_shown),
         safe_mode=settings.safe_mode,
         headroom_mb=settings.gpu_headroom_mb,
     )
@@ -301,12 +330,17 @@ def _denial_response(denial: Denial) -> JSONResponse:
 
 
 @router.post("/leases", status_code=201, response_model=LeaseView, responses=LEASE_ERRORS)
-async def request_lease(body: LeaseBody, request: Request) -> Any:
+async def request_lease(body: LeaseBody, request: Request, who: AnyRole) -> Any:
     """Take a lease on `gpu_count` devices of one node with `est_vram_mb` free on each. With
     `wait_s`, queue until capacity frees (served in priority order, first come first served
     within a band). Heartbeat it within `ttl_s`, release it when done. A caller that hangs
     up while it waits gives its place up."""
     leases = _leases(request)
+    if body.job_id is not None and not who.is_admin:
+        # A job's lease is its worker's (through the store) and only an admin may heartbeat or
+        # release it through the API; usage and explain follow it. So naming a job is an
+        # admin's act: refused alike for any id, which says nothing about whose job it is.
+        raise Forbidden("job_id is for the leases workers take for jobs; only an admin may set it")
     ask = LeaseRequest(
         agent=body.agent,
         est_vram_mb=body.est_vram_mb,
@@ -318,6 +352,8 @@ async def request_lease(body: LeaseBody, request: Request) -> Any:
         model_id=body.model_id,
         job_id=body.job_id,
         node=body.node,
+        owner=who.owner,
+        estimated_duration_s=body.estimated_duration_s,
     )
     started = time.monotonic()
     # Database calls run on the thread pool; a wait runs on the event loop, so any number
@@ -339,44 +375,55 @@ async def request_lease(body: LeaseBody, request: Request) -> Any:
 @router.get("/leases", response_model=LeasesView, responses=ERRORS)
 def list_leases(
     request: Request,
+    who: AnyRole,
     status: Annotated[list[LeaseStatus] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1)] = 500,
 ) -> LeasesView:
     """Active leases (or those of the given statuses), oldest first, at most `limit`
-    (capped at ORCH_MAX_PAGE_SIZE)."""
+    (capped at ORCH_MAX_PAGE_SIZE); the caller's own unless it is an admin."""
     services = _services(request)
     limit = min(limit, services.settings.max_page_size)
-    found = services.store.list_leases(tuple(status or (LeaseStatus.ACTIVE,)), limit)
+    statuses = tuple(status or (LeaseStatus.ACTIVE,))
+    found = services.store.list_leases(statuses, limit, owner=who.sees_owner)
     return LeasesView(leases=[LeaseView.of(lease) for lease in found])
 
 
 @router.get("/leases/{token}", response_model=LeaseView, responses=ERRORS)
-def get_lease(token: Token, request: Request) -> LeaseView:
-    return LeaseView.of(_leases(request).get(token))
+def get_lease(token: Token, request: Request, who: AnyRole) -> LeaseView:
+    """The lease (404 unless the caller answers for it, or is an admin)."""
+    return LeaseView.of(_leases(request).get(token, who.sees_owner))
 
 
 @router.post("/leases/{token}/heartbeat", response_model=LeaseView, responses=HEARTBEAT_ERRORS)
-def heartbeat_lease(token: Token, request: Request, body: HeartbeatBody | None = None) -> LeaseView:
+def heartbeat_lease(
+    token: Token, request: Request, who: AnyRole, body: HeartbeatBody | None = None
+) -> LeaseView:
     """Extend the lease by its ttl. 408 if it already expired (stop using the devices and
-    take a new one), 404 if unknown, 409 if released."""
+    take a new one), 404 if unknown or another owner's, 409 if released."""
     used = body.used_vram_mb if body else None
-    return LeaseView.of(_leases(request).heartbeat(token, used))
+    return LeaseView.of(_leases(request).heartbeat(token, used, owner=who.sees_owner))
 
 
 @router.post("/leases/{token}/release", response_model=LeaseView, responses=ERRORS)
-def release_lease(token: Token, request: Request, body: ReleaseBody | None = None) -> LeaseView:
+def release_lease(
+    token: Token, request: Request, who: AnyRole, body: ReleaseBody | None = None
+) -> LeaseView:
     """Give the devices back, with the peak VRAM used and whether the work succeeded.
     Idempotent: releasing again answers the lease as it is."""
     body = body or ReleaseBody()
     return LeaseView.of(
-        _leases(request).release(token, peak_vram_mb=body.peak_vram_mb, success=body.success)
+        _leases(request).release(
+            token, peak_vram_mb=body.peak_vram_mb, success=body.success, owner=who.sees_owner
+        )
     )
 
 
 # -- policy -----------------------------------------------------------------------------
 
 
-@router.get("/policy", response_model=PolicyView, responses=ERRORS)
+@router.get(
+    "/policy", response_model=PolicyView, responses=ERRORS, dependencies=[Depends(ANY_ROLE)]
+)
 def get_policy(request: Request) -> PolicyView:
     """The admission policy in force (ageing, quotas) and its version."""
     services = _services(request)
@@ -388,6 +435,7 @@ def get_policy(request: Request) -> PolicyView:
 def put_policy(
     body: AdmissionPolicy,
     request: Request,
+    who: Admin,
     expected_version: Annotated[int | None, Query(ge=0)] = None,
 ) -> PolicyView:
     """Replace the admission policy (validated; persisted; used by every replica from the
@@ -397,6 +445,6 @@ def put_policy(
     if services.settings.safe_mode:
         raise Conflict("SAFE_MODE is on: the policy is read-only", reason="safe_mode")
     version = services.store.put_policy(
-        body, services.clock.now(), actor="anonymous", expected_version=expected_version
+        body, services.clock.now(), actor=who.owner, expected_version=expected_version
     )
     return PolicyView(policy=body, version=version, read_only=False)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from orchestrator.api.errors import error_response
+from orchestrator.api.security import METRICS, PUBLIC
 from orchestrator.errors import OrchestratorError
 from orchestrator.wiring import Services
 
@@ -19,13 +20,17 @@ def _services(request: Request) -> Services:
     return services
 
 
-@router.get("/health")
+@router.get("/health", dependencies=[Depends(PUBLIC)])
 def health() -> dict[str, str]:
     """The process is alive (no dependency is checked)."""
     return {"status": "ok"}
 
 
-@router.get("/ready", responses={503: {"description": "not ready, with the reasons"}})
+@router.get(
+    "/ready",
+    responses={503: {"description": "not ready, with the reasons"}},
+    dependencies=[Depends(PUBLIC)],
+)
 def ready(request: Request) -> Any:
     """Ready to serve: the database answers with its schema at head, Redis answers, and
     some replica leads (so delayed jobs, retries and recovery go on)."""
@@ -53,7 +58,7 @@ def ready(request: Request) -> Any:
     return {"status": "ready", "checks": checks}
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response, dependencies=[Depends(METRICS)])
 def metrics(request: Request) -> Response:
     """Prometheus metrics (see docs/metrics.md)."""
     return Response(_services(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -5,35 +5,21 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from orchestrator.api.jobs import ERRORS
-from orchestrator.api.schemas import utc
+from orchestrator.api.agents import agent_models
+from orchestrator.api.jobs import ERRORS, rate_limit
+from orchestrator.api.schemas import ModelId, utc
+from orchestrator.api.security import ANY_ROLE, Submitter
 from orchestrator.model_service import ModelService
 from orchestrator.models import (
-    MAX_MODEL_ID_LENGTH,
     MAX_PRELOAD_MODELS,
     ModelOverview,
     PreloadStatus,
-    model_id_problem,
 )
 
 router = APIRouter(tags=["models"])
-
-
-def _valid_model_id(value: str) -> str:
-    problem = model_id_problem(value)
-    if problem:
-        raise ValueError(problem)
-    return value
-
-
-ModelId = Annotated[
-    str,
-    Field(min_length=1, max_length=MAX_MODEL_ID_LENGTH, examples=["meta-llama/Llama-3-8B"]),
-    AfterValidator(_valid_model_id),
-]
 
 
 class PreloadRequest(BaseModel):
@@ -122,6 +108,13 @@ class ModelsStatusView(BaseModel):
         )
 
 
+class AgentModelsStatusView(ModelsStatusView):
+    """`?agent=NAME`: the status of the models that agent requires."""
+
+    agent: str
+    not_ready: list[str] = Field(description="Its required models not warm on any node.")
+
+
 class WarmView(BaseModel):
     model_id: str
     worker_id: str | None
@@ -158,10 +151,12 @@ def _models(request: Request) -> ModelService:
 
 
 @router.post("/models/preload", status_code=202, response_model=PreloadResponse, responses=ERRORS)
-def preload(body: PreloadRequest, request: Request) -> PreloadResponse:
+def preload(body: PreloadRequest, request: Request, who: Submitter) -> PreloadResponse:
     """Warm models on the workers: one `preloads` job per model. Without `refresh`, a model
     already warm somewhere or being loaded is skipped, and listed in `skipped`."""
-    result = _models(request).preload(body.models, refresh=body.refresh)
+    result = _models(request).preload(
+        body.models, refresh=body.refresh, owner=who.owner, charge=rate_limit(request, who)
+    )
     return PreloadResponse(
         queued=[QueuedView(model_id=q.model_id, job_id=q.job_id) for q in result.queued],
         skipped=[
@@ -171,17 +166,39 @@ def preload(body: PreloadRequest, request: Request) -> PreloadResponse:
     )
 
 
-@router.get("/models/status", response_model=ModelsStatusView, responses=ERRORS)
+@router.get(
+    "/models/status",
+    response_model=Annotated[
+        AgentModelsStatusView | ModelsStatusView, Field(union_mode="left_to_right")
+    ],
+    responses=ERRORS,
+    dependencies=[Depends(ANY_ROLE)],
+)
 def models_status(
     request: Request,
     model: Annotated[list[ModelId] | None, Query(max_length=MAX_PRELOAD_MODELS)] = None,
-) -> ModelsStatusView:
+    agent: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+) -> AgentModelsStatusView | ModelsStatusView:
     """The preloads: in progress, done, failed (with why), and where each model is warm.
-    `?model=A&model=B` limits it to those models."""
-    return ModelsStatusView.of(_models(request).overview(model or None))
+    `?model=A&model=B` limits it to those models; `?agent=NAME` to the models a registered
+    agent requires, with `all_ready` true when each of them is warm somewhere."""
+    if agent is None:
+        return ModelsStatusView.of(_models(request).overview(model or None))
+    required = agent_models(request, agent)
+    wanted = [*required, *(m for m in model or () if m not in required)]
+    overview = _models(request).overview(wanted) if wanted else ModelOverview([], [])
+    not_ready = [m for m in required if not overview.warm_on(m)]
+    return AgentModelsStatusView(
+        **ModelsStatusView.of(overview).model_dump(exclude={"all_ready"}),
+        all_ready=not not_ready,
+        agent=agent,
+        not_ready=not_ready,
+    )
 
 
-@router.get("/models", response_model=WarmModelsView, responses=ERRORS)
+@router.get(
+    "/models", response_model=WarmModelsView, responses=ERRORS, dependencies=[Depends(ANY_ROLE)]
+)
 def warm_models(request: Request) -> WarmModelsView:
     """The models warm on each node."""
     return WarmModelsView.of(_models(request).overview())

@@ -6,10 +6,11 @@ dashboards that do not scrape Prometheus.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
 from orchestrator.api.jobs import ERRORS
+from orchestrator.api.security import ANY_ROLE
 from orchestrator.jobs import JobStatus, Priority
 from orchestrator.wiring import Services
 
@@ -35,7 +36,9 @@ class QueuesView(BaseModel):
     queues: list[QueueView] = Field(description="One entry per job type with any such job.")
 
 
-@router.get("/queues", response_model=QueuesView, responses=ERRORS)
+@router.get(
+    "/queues", response_model=QueuesView, responses=ERRORS, dependencies=[Depends(ANY_ROLE)]
+)
 def list_queues(request: Request) -> QueuesView:
     """Unfinished and dead-lettered jobs per type: by status, and waiting ones by band."""
     services: Services = request.app.state.services

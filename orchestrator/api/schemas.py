@@ -5,13 +5,30 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from orchestrator.input_limits import MAX_DELAY_S
 from orchestrator.jobs import JOB_TYPE_PATTERN, GpuNeeds, Job, JobEvent
-from orchestrator.models import model_id_problem
+from orchestrator.models import MAX_MODEL_ID_LENGTH, model_id_problem
 
 PriorityLabel = Literal["critical", "high", "normal", "low"]
 JobType = Annotated[str, Field(pattern=JOB_TYPE_PATTERN.pattern, examples=["inference_jobs"])]
+
+
+def _valid_model_id(value: str) -> str:
+    problem = model_id_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+# The ids preloads take (a folder under the model store): a job, pool or agent naming one that
+# can never be warm is a mistake.
+ModelId = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_MODEL_ID_LENGTH, examples=["meta-llama/Llama-3-8B"]),
+    AfterValidator(_valid_model_id),
+]
 
 
 class GpuRequest(BaseModel):
@@ -24,19 +41,18 @@ class GpuRequest(BaseModel):
         description="VRAM needed on each device, in MB."
     )
     gpu_count: Annotated[int, Field(ge=1, le=16)] = 1
-    model_id: Annotated[str, Field(min_length=1, max_length=255)] | None = None
-
-    @field_validator("model_id")
-    @classmethod
-    def _model_id(cls, value: str | None) -> str | None:
-        # The same ids as preloads take: a job naming one that can never be warm is a mistake.
-        problem = model_id_problem(value) if value is not None else None
-        if problem:
-            raise ValueError(problem)
-        return value
+    model_id: ModelId | None = None
+    estimated_duration_s: Annotated[float, Field(gt=0, le=366 * 86400)] | None = Field(
+        None, description="How long the handler holds its lease: the shortest_first policy."
+    )
 
     def needs(self) -> GpuNeeds:
-        return GpuNeeds(self.est_vram_mb, self.gpu_count, self.model_id)
+        return GpuNeeds(
+            self.est_vram_mb,
+            self.gpu_count,
+            self.model_id,
+            estimated_duration_s=self.estimated_duration_s,
+        )
 
 
 class SubmitRequest(BaseModel):
@@ -51,7 +67,8 @@ class SubmitRequest(BaseModel):
     max_attempts: Annotated[int, Field(ge=1, le=100)] | None = None
     timeout_s: Annotated[float, Field(gt=0)] | None = None
     run_at: datetime | None = Field(None, description="ISO-8601; without an offset, UTC.")
-    delay_s: Annotated[float, Field(ge=0, le=366 * 86400)] | None = None
+    # The absolute bound; ORCH_MAX_DELAY_S can narrow it, and bounds run_at too.
+    delay_s: Annotated[float, Field(ge=0, le=MAX_DELAY_S)] | None = None
     gpu: GpuRequest | None = None
 
     @field_validator("run_at")

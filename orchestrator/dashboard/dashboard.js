@@ -123,7 +123,10 @@ async function refresh() {
     document.body.dataset.generatedAt = data.generated_at;
     document.body.classList.remove("stale");
   } catch (err) {
-    setStatus(`cannot refresh: ${err.message}`, "error");
+    // 401: no token or a revoked one; 403: a token below admin (the data is every owner's).
+    const hint =
+      err.status === 401 || err.status === 403 ? " · enter an admin token (above)" : "";
+    setStatus(`cannot refresh: ${err.message}${hint}`, "error");
     document.body.classList.add("stale");
     if (!state.data) document.body.dataset.state = "error";
   } finally {

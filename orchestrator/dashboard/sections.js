@@ -110,7 +110,9 @@ function renderGpu(gpu, headroomMb, now) {
   const pct = (n) => `${Math.min(100, Math.max(0, (100 * n) / total)).toFixed(2)}%`;
   const health = gpu.stale
     ? badge("stale", "bad")
-    : badge(gpu.health, gpu.health === "ok" ? "ok" : "bad");
+    : gpu.quarantined
+      ? badge("quarantined", "bad")
+      : badge(gpu.health, gpu.health === "ok" ? "ok" : "bad");
   const temp = gpu.temperature_c === null ? "—" : `${Math.round(gpu.temperature_c)} °C`;
   const util = gpu.utilization_gpu_pct === null ? "—" : `${Math.round(gpu.utilization_gpu_pct)}%`;
   const power = gpu.power_draw_w === null ? "—" : `${Math.round(gpu.power_draw_w)} W`;
@@ -152,6 +154,16 @@ function renderGpu(gpu, headroomMb, now) {
         : null,
     ),
     gpu.error ? h("p", { class: "alert" }, gpu.error) : null,
+    gpu.quarantined
+      ? h(
+          "p",
+          { class: "alert quarantine" },
+          "quarantined ",
+          when(gpu.quarantined_since, now),
+          `: ${gpu.quarantine_reason} — no new leases until an admin clears it `,
+          h("code", {}, `orchestrator gpu clear ${gpu.node} ${gpu.index}`),
+        )
+      : null,
     gpu.leases.length
       ? h("ul", { class: "leases" }, gpu.leases.map((l) => renderLease(l, now)))
       : null,

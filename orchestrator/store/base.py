@@ -7,10 +7,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from orchestrator.auth import TokenStore
 from orchestrator.jobs import Claim, Dispatch, Job, JobEvent, JobSpec, JobStatus, Priority
 from orchestrator.store.fleet_base import FleetStore
 from orchestrator.store.gpu_base import GpuStore
+from orchestrator.store.health_base import AgentStore, GpuHealthStore
+from orchestrator.store.insight_base import InsightStore
 from orchestrator.store.model_base import ModelStore
+from orchestrator.store.usage_base import UsageStore
 
 
 @dataclass(frozen=True)
@@ -97,8 +101,16 @@ class JobStore(Protocol):
     def get_job(self, job_id: str) -> Job | None: ...
 
     def list_jobs(
-        self, *, status: str | None, type: str | None, limit: int, cursor: str | None
-    ) -> JobPage: ...
+        self,
+        *,
+        status: str | None,
+        type: str | None,
+        limit: int,
+        cursor: str | None,
+        owner: str | None = None,
+    ) -> JobPage:
+        """Jobs newest first; with `owner`, only that owner's."""
+        ...
 
     def job_events(self, job_id: str) -> list[JobEvent]: ...
 
@@ -132,6 +144,16 @@ class JobStore(Protocol):
 
     def complete_job(self, claim: Claim, result: Any, now: datetime) -> Outcome: ...
 
+    def claim_jobs(
+        self, dispatches: Sequence[Dispatch], worker_id: str, now: datetime
+    ) -> list[Claim | None]:
+        """`claim_job` for each dispatch, in one transaction."""
+        ...
+
+    def complete_jobs(self, items: Sequence[tuple[Claim, Any]], now: datetime) -> list[Outcome]:
+        """`complete_job` for each (claim, result), in one transaction."""
+        ...
+
     def fail_job(self, claim: Claim, error: str, now: datetime, retry_delay_s: float) -> Outcome:
         """Fail the attempt: `failed` (retried after the delay) while attempts remain, else
         `dead_letter`; `cancelled` when a cancel was asked for."""
@@ -159,5 +181,17 @@ class JobStore(Protocol):
     def close(self) -> None: ...
 
 
-class Store(JobStore, GpuStore, FleetStore, ModelStore, Protocol):
-    """Everything durable: jobs, GPUs and leases, the fleet (pools, workers), models."""
+class Store(
+    JobStore,
+    GpuStore,
+    FleetStore,
+    ModelStore,
+    InsightStore,
+    TokenStore,
+    UsageStore,
+    GpuHealthStore,
+    AgentStore,
+    Protocol,
+):
+    """Everything durable: jobs, GPUs and leases, the fleet (pools, workers), models, and
+    the insight queries (explain, queue statistics), GPU accounting."""

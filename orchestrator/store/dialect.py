@@ -12,6 +12,8 @@ from sqlalchemy.engine import Connection, Engine
 
 # Execution option that marks a connection as about to write (see `_begin`).
 WRITE_OPTION = "orchestrator_write"
+# Set in a pooled connection's `info` once its transaction has committed (see `_reset`).
+COMMITTED_INFO = "orchestrator_committed"
 
 
 def create_engine(url: str, *, sqlite_busy_timeout_ms: int = 15000) -> Engine:
@@ -19,12 +21,14 @@ def create_engine(url: str, *, sqlite_busy_timeout_ms: int = 15000) -> Engine:
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, sqlite_busy_timeout_ms)
-    return sa.create_engine(
+    engine = sa.create_engine(
         parsed,
         pool_pre_ping=True,
         pool_recycle=1800,
         pool_size=10,
         max_overflow=20,
+        # Rollback-on-return is done by `_reset` below, less the round trip after a commit.
+        pool_reset_on_return=None,
         # Conditional updates need no gap locks; READ COMMITTED avoids their deadlocks.
         isolation_level="READ COMMITTED",
         # A server that stops answering without closing the connection must not hang a
@@ -36,6 +40,27 @@ def create_engine(url: str, *, sqlite_busy_timeout_ms: int = 15000) -> Engine:
             "write_timeout": 30,
         },
     )
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(_dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        record.info.pop(COMMITTED_INFO, None)
+
+    @event.listens_for(engine, "reset")
+    def _reset(dbapi_conn: Any, record: Any, state: Any) -> None:
+        # The pool's default reset sends ROLLBACK on every check-in, even right after
+        # `SqlBase._tx` committed (SQLAlchemy skips it only for a transaction still open at
+        # close): one wasted round trip per transaction. Skip it only when `_tx` marked the
+        # connection committed; anything else (a read on `engine.connect()`, an error, a
+        # rollback) is rolled back as before, so no open transaction or lock goes back into
+        # the pool.
+        if not state.asyncio_safe:
+            return
+        committed = record is not None and record.info.pop(COMMITTED_INFO, False)
+        if state.transaction_was_reset or committed:
+            return
+        dbapi_conn.rollback()
+
+    return engine
 
 
 def _sqlite_engine(url: sa.URL, busy_timeout_ms: int) -> Engine:

@@ -74,9 +74,13 @@ class GpuStore(Protocol):
         ...
 
     def list_leases(
-        self, statuses: Sequence[LeaseStatus] = ..., limit: int | None = None
+        self,
+        statuses: Sequence[LeaseStatus] = ...,
+        limit: int | None = None,
+        owner: str | None = None,
     ) -> list[Lease]:
-        """Leases of these statuses (default: active), oldest first, at most `limit`."""
+        """Leases of these statuses (default: active), oldest first, at most `limit`; with
+        `owner`, only that owner's."""
         ...
 
     def renew_lease(self, token: str, now: datetime, used_vram_mb: int | None = None) -> Lease:

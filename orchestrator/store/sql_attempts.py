@@ -32,29 +32,45 @@ logger = logging.getLogger(__name__)
 
 S = JobStatus
 
+# The claim's conditional UPDATE, built once (see `sql_base._JOB_BY_ID`); the `b_` names keep
+# the bound values apart from the columns they set.
+_CLAIM = (
+    jobs.update()
+    .where(
+        jobs.c.id == sa.bindparam("b_id"),
+        jobs.c.status.in_(CLAIMABLE_STATUSES),
+        jobs.c.attempts == sa.bindparam("b_prior_attempts"),
+        jobs.c.available_at <= sa.bindparam("b_now"),
+        # A message left in the band a job was moved out of claims nothing.
+        jobs.c.priority == sa.bindparam("b_priority"),
+    )
+    .values(
+        # A job that needs a GPU is `claimed` until its lease is granted.
+        status=sa.case((jobs.c.gpu.is_(None), S.RUNNING.value), else_=S.CLAIMED.value),
+        attempts=jobs.c.attempts + 1,
+        worker_id=sa.bindparam("b_worker"),
+        claim_token=sa.bindparam("b_token"),
+        heartbeat_at=sa.bindparam("b_now"),
+        started_at=sa.bindparam("b_now"),
+        updated_at=sa.bindparam("b_now"),
+    )
+)
+
 
 class SqlAttempts(SqlBase):
     def claim_job(self, dispatch: Dispatch, worker_id: str, now: datetime) -> Claim | None:
         token = new_token()
         with self._tx(write=True) as conn:
             claimed = conn.execute(
-                jobs.update()
-                .where(
-                    jobs.c.id == dispatch.job_id,
-                    jobs.c.status.in_(CLAIMABLE_STATUSES),
-                    jobs.c.attempts == dispatch.attempt - 1,
-                    jobs.c.available_at <= now,
-                )
-                .values(
-                    # A job that needs a GPU is `claimed` until its lease is granted.
-                    status=sa.case((jobs.c.gpu.is_(None), S.RUNNING.value), else_=S.CLAIMED.value),
-                    attempts=jobs.c.attempts + 1,
-                    worker_id=worker_id,
-                    claim_token=token,
-                    heartbeat_at=now,
-                    started_at=now,
-                    updated_at=now,
-                )
+                _CLAIM,
+                {
+                    "b_id": dispatch.job_id,
+                    "b_prior_attempts": dispatch.attempt - 1,
+                    "b_now": now,
+                    "b_priority": int(dispatch.priority),
+                    "b_worker": worker_id,
+                    "b_token": token,
+                },
             ).rowcount
             if claimed != 1:
                 self._unpublish_if_early(conn, dispatch, now)
@@ -164,7 +180,7 @@ class SqlAttempts(SqlBase):
                 "updated_at": now,
             }
             event = "cancelled" if status is S.CANCELLED else "completed"
-            return self._finish(conn, claim, now, status, values, event)
+            return self._finish(conn, claim, row, now, status, values, event)
 
     def fail_job(self, claim: Claim, error: str, now: datetime, retry_delay_s: float) -> Outcome:
         with self._tx(write=True) as conn:
@@ -185,7 +201,7 @@ class SqlAttempts(SqlBase):
                 status, event = S.DEAD_LETTER, "dead_lettered"
                 values["finished_at"] = now
             values["status"] = status.value
-            return self._finish(conn, claim, now, status, values, event, detail)
+            return self._finish(conn, claim, row, now, status, values, event, detail)
 
     def release_job(
         self, claim: Claim, now: datetime, *, delay_s: float = 0.0, reason: str | None = None
@@ -196,11 +212,12 @@ class SqlAttempts(SqlBase):
                 return Outcome(None)
             if row["cancel_requested"]:
                 values = {"status": S.CANCELLED.value, "finished_at": now, "updated_at": now}
-                return self._finish(conn, claim, now, S.CANCELLED, values, "cancelled")
-            # The attempt was interrupted, not failed: it does not count.
+                return self._finish(conn, claim, row, now, S.CANCELLED, values, "cancelled")
+            # The attempt was interrupted, not failed: it does not count. (The row is locked,
+            # so its count is current.)
             values = {
                 "status": S.PENDING.value,
-                "attempts": jobs.c.attempts - 1,
+                "attempts": row["attempts"] - 1,
                 "worker_id": None,
                 "claim_token": None,
                 "published_at": None,
@@ -210,7 +227,7 @@ class SqlAttempts(SqlBase):
             if delay_s > 0:
                 values["available_at"] = now + timedelta(seconds=delay_s)
             detail = {"reason": reason} if reason else None
-            return self._finish(conn, claim, now, S.PENDING, values, "released", detail)
+            return self._finish(conn, claim, row, now, S.PENDING, values, "released", detail)
 
     def _fenced_row(
         self, conn: Connection, claim: Claim, now: datetime, action: str
@@ -256,6 +273,7 @@ class SqlAttempts(SqlBase):
         self,
         conn: Connection,
         claim: Claim,
+        row: Mapping[Any, Any],
         now: datetime,
         status: JobStatus,
         values: dict[str, Any],
@@ -273,7 +291,8 @@ class SqlAttempts(SqlBase):
             actor=claim.job.worker_id or "worker",
             detail=detail,
         )
-        return Outcome(status, self._reload(conn, claim.job.id))
+        # `row` is locked (`_fenced_row`): the job is that row with `values` applied.
+        return Outcome(status, self._updated(row, values))
 
     def reclaim_stale(self, now: datetime, stale_before: datetime, limit: int) -> list[Reclaimed]:
         """Attempts whose heartbeat is older than `stale_before` lost their worker: requeue

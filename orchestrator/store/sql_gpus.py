@@ -15,7 +15,7 @@ from orchestrator.leases import ADMISSION_POLICY, AdmissionPolicy
 from orchestrator.store import dialect
 from orchestrator.store.codec import dumps, loads
 from orchestrator.store.sql_base import SqlBase
-from orchestrator.store.tables import gpus, nodes, policies
+from orchestrator.store.tables import gpu_quarantines, gpus, nodes, policies
 
 
 class SqlGpus(SqlBase):
@@ -71,10 +71,7 @@ class SqlGpus(SqlBase):
 
     def list_devices(self) -> list[Device]:
         with self._tx(write=False) as conn:
-            return [
-                device_from_row(r._mapping)
-                for r in conn.execute(sa.select(gpus).order_by(gpus.c.node, gpus.c.idx))
-            ]
+            return load_devices(conn)
 
     def list_nodes(self) -> list[Node]:
         with self._tx(write=False) as conn:
@@ -143,6 +140,21 @@ def _policy_of(row: Mapping[Any, Any] | None) -> tuple[AdmissionPolicy, int]:
     return AdmissionPolicy.model_validate_json(row["body"]), int(row["version"])
 
 
+def load_devices(conn: Connection) -> list[Device]:
+    """Every device, with its quarantine (when not cleared): what admission judges."""
+    q = gpu_quarantines
+    query = (
+        sa.select(gpus, q.c.since.label("quarantined_since"), q.c.reason.label("quarantine_reason"))
+        .select_from(
+            gpus.outerjoin(
+                q, sa.and_(q.c.node == gpus.c.node, q.c.idx == gpus.c.idx, q.c.cleared_at.is_(None))
+            )
+        )
+        .order_by(gpus.c.node, gpus.c.idx)
+    )
+    return [device_from_row(r._mapping) for r in conn.execute(query)]
+
+
 def device_from_row(row: Mapping[Any, Any]) -> Device:
     return Device(
         node=row["node"],
@@ -158,4 +170,6 @@ def device_from_row(row: Mapping[Any, Any]) -> Device:
         temperature_c=row["temperature_c"],
         power_draw_w=row["power_draw_w"],
         error=row["error"],
+        quarantined_since=row.get("quarantined_since"),
+        quarantine_reason=row.get("quarantine_reason"),
     )

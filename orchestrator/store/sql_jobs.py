@@ -243,9 +243,17 @@ class SqlJobs(SqlBase):
         return None if row is None else job_from_row(row._mapping)
 
     def list_jobs(
-        self, *, status: str | None, type: str | None, limit: int, cursor: str | None
+        self,
+        *,
+        status: str | None,
+        type: str | None,
+        limit: int,
+        cursor: str | None,
+        owner: str | None = None,
     ) -> JobPage:
         query = sa.select(jobs).order_by(jobs.c.id.desc()).limit(limit + 1)
+        if owner is not None:
+            query = query.where(jobs.c.owner == owner)
         if status:
             query = query.where(jobs.c.status == status)
         if type:

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection
 from orchestrator.admission import Book, Limits, Pass, serve_queue
 from orchestrator.errors import LeaseExpired, LeaseNotFound, LeaseReleased
 from orchestrator.ids import new_token
-from orchestrator.jobs import ACTIVE_STATUSES, Priority
+from orchestrator.jobs import ACTIVE_STATUSES
 from orchestrator.leases import (
     AdmissionPolicy,
     Denial,
@@ -31,8 +31,11 @@ from orchestrator.leases import (
     LeaseStatus,
 )
 from orchestrator.store.gpu_base import Renewal, Sweep
-from orchestrator.store.sql_gpus import SqlGpus, device_from_row
-from orchestrator.store.tables import gpus, jobs, leases
+from orchestrator.store.lease_rows import lease_from_row, lease_row
+from orchestrator.store.sql_agents import evicting_pairs
+from orchestrator.store.sql_gpus import SqlGpus, load_devices
+from orchestrator.store.sql_usage import fair_share_usage, record_usage
+from orchestrator.store.tables import jobs, leases
 
 logger = logging.getLogger(__name__)
 
@@ -62,15 +65,22 @@ class SqlLeases(SqlGpus):
             operation=request.operation,
             model_id=request.model_id,
             job_id=request.job_id,
+            avoid=request.avoid,
+            estimated_duration_s=request.estimated_duration_s,
         )
         with self._tx(write=True) as conn:
+            if request.job_id is not None:  # its usage is booked to the attempt it serves
+                attempt = conn.execute(
+                    sa.select(jobs.c.attempts).where(jobs.c.id == request.job_id)
+                ).scalar()
+                candidate = _replace(candidate, attempt=attempt)
             result = self._serve(conn, now, limits, extra=candidate)
             placement = result.granted.pop(token, None)
             self._grant(conn, result, now)
             expired = tuple(result.expired)
             if placement is not None:
                 lease = _activate(candidate, placement.node, placement.devices, now)
-                conn.execute(leases.insert().values(**_row_of(lease)))
+                conn.execute(leases.insert().values(**lease_row(lease)))
                 return LeaseOutcome(lease, expired=expired)
             denial = result.denied[token]
             # A node that reports no GPU is not a queue to wait in (its worker would sit
@@ -79,7 +89,7 @@ class SqlLeases(SqlGpus):
             if request.wait_s <= 0 or denial.final or denial.unavailable or no_gpus_there:
                 return LeaseOutcome(None, denial, expired)
             waiting = _replace(candidate, wait_until=now + timedelta(seconds=request.wait_s))
-            conn.execute(leases.insert().values(**_row_of(waiting)))
+            conn.execute(leases.insert().values(**lease_row(waiting)))
             return LeaseOutcome(waiting, denial, expired)
 
     def finish_wait(self, token: str, now: datetime, limits: Limits) -> LeaseOutcome:
@@ -135,6 +145,8 @@ class SqlLeases(SqlGpus):
             values = {"status": status.value, "released_at": now, "reason": "the waiter gave up"}
             conn.execute(leases.update().where(leases.c.token == token).values(**values))
             if status is L.RELEASED:  # its room goes to the next in line
+                end = now if lease.expires_at is None else min(now, lease.expires_at)
+                record_usage(conn, lease, end, L.RELEASED.value)
                 self._grant(conn, self._serve(conn, now, limits, policy=policy), now)
             return _replace(lease, **values)
 
@@ -151,7 +163,10 @@ class SqlLeases(SqlGpus):
             return [lease_from_row(r._mapping) for r in rows]
 
     def list_leases(
-        self, statuses: Sequence[LeaseStatus] = (L.ACTIVE,), limit: int | None = None
+        self,
+        statuses: Sequence[LeaseStatus] = (L.ACTIVE,),
+        limit: int | None = None,
+        owner: str | None = None,
     ) -> list[Lease]:
         query = (
             sa.select(leases)
@@ -159,6 +174,8 @@ class SqlLeases(SqlGpus):
             .order_by(leases.c.queued_at, leases.c.created_at)
             .limit(limit)
         )
+        if owner is not None:
+            query = query.where(leases.c.owner == owner)
         with self._tx(write=False) as conn:
             return [lease_from_row(r._mapping) for r in conn.execute(query)]
 
@@ -232,8 +249,27 @@ class SqlLeases(SqlGpus):
                 "peak_vram_mb": peak_vram_mb,
                 "success": success,
             }
-            conn.execute(leases.update().where(leases.c.token == token).values(**values))
-            self._grant(conn, self._serve(conn, now, limits, policy=policy), now)
+            changed = conn.execute(
+                leases.update()
+                .where(leases.c.token == token, leases.c.status == lease.status.value)
+                .values(**values)
+            ).rowcount
+            if changed and lease.status is L.ACTIVE:
+                # Booked with the lease's end, in its transaction: counted exactly once. A
+                # release after its expiry that no sweep noticed yet is booked only up to
+                # the expiry, as the sweep would have booked it.
+                ended = _replace(lease, peak_vram_mb=peak_vram_mb)
+                end = now if lease.expires_at is None else min(now, lease.expires_at)
+                record_usage(conn, ended, end, L.RELEASED.value)
+            # Serve the queue only if someone waits: with nobody waiting it would grant
+            # nothing, and loading every device for it doubled a release's cost
+            # (docs/benchmarks.md). The policy row is locked above either way, so a request
+            # that queues meanwhile is served by its own admission after this commits.
+            # (Leases past their expiry are left to the sweep, which expires them anyway.)
+            if conn.execute(
+                sa.select(leases.c.token).where(leases.c.status == L.WAITING.value).limit(1)
+            ).first():
+                self._grant(conn, self._serve(conn, now, limits, policy=policy), now)
             return _replace(lease, **{**values, "status": L.RELEASED})
 
     def sweep_leases(self, now: datetime, limits: Limits) -> Sweep:
@@ -288,7 +324,7 @@ class SqlLeases(SqlGpus):
         request past its deadline, still in its place)."""
         if policy is None:
             policy, _ = self._lock_policy(conn)
-        devices = [device_from_row(r._mapping) for r in conn.execute(sa.select(gpus))]
+        devices = load_devices(conn)
         rows = conn.execute(
             sa.select(leases).where(leases.c.status.in_([L.ACTIVE.value, L.WAITING.value]))
         ).all()
@@ -308,8 +344,13 @@ class SqlLeases(SqlGpus):
         ]
         if extra is not None:
             waiting.append(extra)
-        book = Book(devices, active, policy, limits, now)
-        result = serve_queue(book, waiting, policy)
+        # Pending evictions, read under the admission lock that `evict_model` takes too
+        # (orchestrator/agents.py): a request for a model being unloaded on a node gets no
+        # lease there, new or granted from the queue later.
+        evicting = evicting_pairs(conn) if any(x.model_id for x in waiting) else set()
+        book = Book(devices, active, policy, limits, now, evicting)
+        usage = fair_share_usage(conn, policy, waiting, active, now)
+        result = serve_queue(book, waiting, policy, usage)
         result.expired = expired
         return result
 
@@ -330,6 +371,9 @@ class SqlLeases(SqlGpus):
                 .values(status=L.EXPIRED.value, released_at=now, reason="not heartbeated")
             ).rowcount
             if changed:
+                # It held its devices until its expiry, not until this sweep noticed.
+                end = min(now, lease.expires_at or now)
+                record_usage(conn, lease, end, L.EXPIRED.value)
                 expired.append(_replace(lease, status=L.EXPIRED, released_at=now))
         return expired
 
@@ -394,59 +438,3 @@ def _replace(lease: Lease, **changes: Any) -> Lease:
     if isinstance(changes.get("status"), str):
         changes["status"] = LeaseStatus(changes["status"])
     return replace(lease, **changes)
-
-
-def _row_of(lease: Lease) -> dict[str, Any]:
-    return {
-        "token": lease.token,
-        "agent": lease.agent,
-        "owner": lease.owner,
-        "operation": lease.operation,
-        "model_id": lease.model_id,
-        "node": lease.node,
-        "devices": json.dumps(list(lease.devices)) if lease.devices else None,
-        "est_vram_mb": lease.est_vram_mb,
-        "gpu_count": lease.gpu_count,
-        "priority": int(lease.priority),
-        "status": lease.status.value,
-        "job_id": lease.job_id,
-        "ttl_s": lease.ttl_s,
-        "queued_at": lease.queued_at,
-        "created_at": lease.created_at,
-        "wait_until": lease.wait_until,
-        "granted_at": lease.granted_at,
-        "expires_at": lease.expires_at,
-        "released_at": lease.released_at,
-        "used_vram_mb": lease.used_vram_mb,
-        "peak_vram_mb": lease.peak_vram_mb,
-        "success": lease.success,
-        "reason": lease.reason,
-    }
-
-
-def lease_from_row(row: Mapping[Any, Any]) -> Lease:
-    return Lease(
-        token=row["token"],
-        agent=row["agent"],
-        owner=row["owner"],
-        status=LeaseStatus(row["status"]),
-        est_vram_mb=row["est_vram_mb"],
-        gpu_count=row["gpu_count"],
-        priority=Priority(row["priority"]),
-        ttl_s=row["ttl_s"],
-        queued_at=row["queued_at"],
-        created_at=row["created_at"],
-        node=row["node"],
-        devices=tuple(json.loads(row["devices"])) if row["devices"] else (),
-        operation=row["operation"],
-        model_id=row["model_id"],
-        job_id=row["job_id"],
-        wait_until=row["wait_until"],
-        granted_at=row["granted_at"],
-        expires_at=row["expires_at"],
-        released_at=row["released_at"],
-        used_vram_mb=row["used_vram_mb"],
-        peak_vram_mb=row["peak_vram_mb"],
-        success=None if row["success"] is None else bool(row["success"]),
-        reason=row["reason"],
-    )

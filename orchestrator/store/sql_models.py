@@ -25,7 +25,7 @@ from orchestrator.models import (
 from orchestrator.store import dialect
 from orchestrator.store.codec import loads
 from orchestrator.store.sql_base import SqlBase
-from orchestrator.store.tables import jobs, model_preloads, warm_models, workers
+from orchestrator.store.tables import jobs, model_evictions, model_preloads, warm_models, workers
 
 T = TypeVar("T")
 P = PreloadStatus
@@ -142,15 +142,27 @@ class SqlModels(SqlBase):
             raise InvalidRequest("forget_warm needs a node, a model or workers")
         if worker_ids is not None and not worker_ids:
             return 0
-        query = warm_models.delete()
+        conditions = []
         if node is not None:
-            query = query.where(warm_models.c.node == node)
+            conditions.append(warm_models.c.node == node)
         if model_id is not None:
-            query = query.where(warm_models.c.model_id == model_id)
+            conditions.append(warm_models.c.model_id == model_id)
         if worker_ids is not None:
-            query = query.where(warm_models.c.worker_id.in_(worker_ids))
+            conditions.append(warm_models.c.worker_id.in_(worker_ids))
         with self._tx(write=True) as conn:
-            return int(conn.execute(query).rowcount)
+            gone = conn.execute(
+                sa.select(warm_models.c.node, warm_models.c.model_id).where(*conditions)
+            ).all()
+            removed = int(conn.execute(warm_models.delete().where(*conditions)).rowcount)
+            # A pending eviction of a record that goes has nothing left to evict: drop it, so
+            # a later load of the model there is not evicted (or blocked) by a stale row.
+            for r in gone:
+                conn.execute(
+                    model_evictions.delete().where(
+                        model_evictions.c.node == r.node, model_evictions.c.model_id == r.model_id
+                    )
+                )
+            return removed
 
     # -- reading ------------------------------------------------------------------------
 

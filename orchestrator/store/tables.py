@@ -73,6 +73,10 @@ jobs = sa.Table(
     sa.Index(None, "status", "published_at"),
     # /metrics: job counts by status, type and band, read from the index alone.
     sa.Index(None, "status", "type", "priority"),
+    # GET /queue/statistics: outcomes by finish time, and waits of jobs submitted in a
+    # window, each a range scan of that window alone (migration 0010).
+    sa.Index(None, "status", "finished_at", "type"),
+    sa.Index(None, "created_at", "type"),
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
 )
@@ -194,8 +198,41 @@ leases = sa.Table(
     sa.Column("peak_vram_mb", sa.Integer(), nullable=True),
     sa.Column("success", sa.Boolean(), nullable=True),
     sa.Column("reason", sa.Text(), nullable=True),
+    # The holder's guess of its duration, for `shortest_first` (migration 0008).
+    sa.Column("estimated_duration_s", sa.Float(), nullable=True),
+    sa.Column("attempt", sa.Integer(), nullable=True),  # a job's lease: its attempt
     sa.Index(None, "status", "expires_at"),
     sa.Index(None, "status", "queued_at"),
+    sa.Index(None, "job_id"),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+
+# GPU accounting: one row per lease that held devices, written in the transaction that
+# ended it (released or expired), so each lease is counted exactly once (migration 0008).
+usage = sa.Table(
+    "orchestrator_usage",
+    metadata,
+    sa.Column("lease_token", sa.String(32), primary_key=True),
+    sa.Column("owner", ExactString(128), nullable=False),
+    sa.Column("agent", ExactString(128), nullable=False),
+    sa.Column("type", sa.String(128), nullable=True),  # the lease's operation (a job's type)
+    sa.Column("job_id", sa.String(36), nullable=True),
+    sa.Column("attempt", sa.Integer(), nullable=True),
+    sa.Column("node", sa.String(128), nullable=True),
+    sa.Column("gpu_count", sa.Integer(), nullable=False),
+    sa.Column("est_vram_mb", sa.Integer(), nullable=False),  # per device
+    sa.Column("peak_vram_mb", sa.Integer(), nullable=True),  # per device, when reported
+    sa.Column("started_at", Timestamp, nullable=False),
+    sa.Column("ended_at", Timestamp, nullable=False),
+    sa.Column("ended", sa.String(16), nullable=False),  # released | expired
+    # DOUBLE: MariaDB's FLOAT is single precision, too coarse for sums that keep growing.
+    sa.Column("gpu_seconds", sa.Double(), nullable=False),
+    sa.Column("vram_mb_seconds_est", sa.Double(), nullable=False),
+    sa.Column("vram_mb_seconds_peak", sa.Double(), nullable=True),
+    sa.Index(None, "ended_at"),
+    sa.Index(None, "owner", "ended_at"),
+    sa.Index(None, "owner", "type"),  # the metrics' GROUP BY owner, type (migration 0010)
     sa.Index(None, "job_id"),
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
@@ -285,6 +322,82 @@ warm_models = sa.Table(
     sa.Column("size_bytes", sa.BigInteger(), nullable=True),
     sa.Column("loaded_at", Timestamp, nullable=False),
     sa.Index(None, "model_id"),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+
+# API bearer tokens (docs/security.md): only a hash of each is stored (migration 0007).
+api_tokens = sa.Table(
+    "orchestrator_api_tokens",
+    metadata,
+    # Public id, also the token's first characters after its `orch_` prefix: what `tokens
+    # list` shows and `tokens revoke` takes.
+    sa.Column("id", sa.String(16), primary_key=True),
+    sa.Column("token_hash", sa.String(64), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),  # submitter | worker | admin
+    sa.Column("owner", ExactString(128), nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("revoked_at", Timestamp, nullable=True),
+    # Written at most once a minute per token (not on every request).
+    sa.Column("last_used_at", Timestamp, nullable=True),
+    sa.Index(None, "token_hash", unique=True),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+
+# GPU health (orchestrator/gpu_health.py): each fault seen on a device, and quarantines.
+gpu_faults = sa.Table(
+    "orchestrator_gpu_faults",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("node", sa.String(128), nullable=False),
+    sa.Column("idx", sa.Integer(), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # nvml | xid | oom
+    sa.Column("detail", sa.Text(), nullable=True),
+    sa.Column("job_id", sa.String(36), nullable=True),
+    sa.Column("at", Timestamp, nullable=False),
+    sa.Index(None, "node", "idx", "at"),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+
+# One row per device ever quarantined; it is quarantined while `cleared_at` is NULL.
+gpu_quarantines = sa.Table(
+    "orchestrator_gpu_quarantines",
+    metadata,
+    sa.Column("node", sa.String(128), primary_key=True),
+    sa.Column("idx", sa.Integer(), primary_key=True),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("since", Timestamp, nullable=False),
+    sa.Column("cleared_at", Timestamp, nullable=True),
+    sa.Column("cleared_by", sa.String(128), nullable=True),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+
+# Agents that registered (POST /agents/register), with the models they need.
+agents = sa.Table(
+    "orchestrator_agents",
+    metadata,
+    sa.Column("name", ExactString(128), primary_key=True),
+    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("capabilities", sa.Text(), nullable=False),  # JSON list
+    sa.Column("requires_models", sa.Text(), nullable=False),  # JSON list
+    sa.Column("owner", ExactString(128), nullable=False),
+    sa.Column("registered_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+
+# Evictions asked for (POST /models/evict) and not yet carried out by the holding worker.
+model_evictions = sa.Table(
+    "orchestrator_model_evictions",
+    metadata,
+    sa.Column("node", sa.String(128), primary_key=True),
+    sa.Column("model_id", ExactString(255), primary_key=True),
+    sa.Column("requested_at", Timestamp, nullable=False),
+    sa.Column("requested_by", sa.String(128), nullable=False),
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
 )

@@ -34,6 +34,8 @@ FAST = {
     "read_block_ms": 100,
     "shutdown_grace_s": 2.0,
     "cancel_grace_s": 1.0,
+    # The TestClient sends `Host: testserver`: the open API's host check must let it in.
+    "allowed_hosts": "localhost,127.0.0.1,::1,testserver",
 }
 
 

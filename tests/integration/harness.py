@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from orchestrator.api.app import create_app
-from orchestrator.store.tables import job_events, jobs
+from orchestrator.store.tables import metadata
 from orchestrator.wiring import Services, build_services
 from tests.integration.backends import Backend, migrated
 from workers import builtin
@@ -20,6 +20,19 @@ from workers.registry import HandlerRegistry
 from workers.runtime import Worker
 
 TERMINAL = ("done", "dead_letter", "cancelled")
+# Written by the engine's own loops as they run, never by a request.
+SNAPSHOT_SKIP = ("orchestrator_leader", "orchestrator_state")
+# Written only by workers and node reports, which may run alongside a test (a worker
+# registers, a node reports its GPUs): left out of the counts, kept in `contents` snapshots.
+SNAPSHOT_BACKGROUND = (
+    "orchestrator_nodes",
+    "orchestrator_gpus",
+    "orchestrator_workers",
+    "orchestrator_warm_models",
+    "orchestrator_gpu_faults",
+)
+# The names earlier tests read the counts under.
+SNAPSHOT_NAMES = {"orchestrator_jobs": "jobs", "orchestrator_job_events": "events"}
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
@@ -140,17 +153,30 @@ class System:
 
     # -- what is stored ----------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
-        """Row counts and every Redis key with its length: to prove nothing was written."""
+    def snapshot(self, *, contents: bool = False) -> dict[str, Any]:
+        """Row counts of every table a request may write and every stream's length: to
+        prove nothing was written. With `contents`, every row and stream entry of every table
+        instead, so an update in place shows too (use it with the engine and workers stopped:
+        their loops write as they run)."""
+        rows: dict[str, Any] = {}
         with self.store.engine.connect() as conn:
-            rows = {
-                "jobs": conn.execute(sa.select(sa.func.count()).select_from(jobs)).scalar(),
-                "events": conn.execute(sa.select(sa.func.count()).select_from(job_events)).scalar(),
-            }
+            present = set(sa.inspect(conn).get_table_names())
+            for table in metadata.sorted_tables:
+                if table.name in SNAPSHOT_SKIP or table.name not in present:
+                    continue
+                if not contents and table.name in SNAPSHOT_BACKGROUND:
+                    continue
+                name = SNAPSHOT_NAMES.get(table.name, table.name)
+                if contents:
+                    found = conn.execute(sa.select(table)).all()
+                    rows[name] = sorted(repr(tuple(r)) for r in found)
+                else:
+                    count = sa.select(sa.func.count()).select_from(table)
+                    rows[name] = conn.execute(count).scalar()
         client = self.backend.make_redis()
-        streams = {}
+        streams: dict[str, Any] = {}
         for key in sorted(client.scan_iter(f"{self.settings.redis_prefix}stream:*")):
-            streams[key] = client.xlen(key)
+            streams[key] = client.xrange(key) if contents else client.xlen(key)
         return {"rows": rows, "streams": streams}
 
     def stream_len(self, job_type: str, priority: str = "normal") -> int:

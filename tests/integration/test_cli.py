@@ -27,6 +27,7 @@ import pytest
 import uvicorn
 
 from orchestrator.gpu import SimulatedProbe
+from orchestrator.gpu_health import FaultKind, FaultRules, GpuFault
 from tests.integration.harness import System, wait_until
 
 pytestmark = pytest.mark.slow
@@ -235,6 +236,24 @@ def test_cli__dlq_reclaim_leader_leases_pools_gpu(system: System, cli: Cli) -> N
     assert system.wait_status(dead)["status"] == "dead_letter"
 
 
+def test_cli__usage_table_and_json(system: System, cli: Cli) -> None:
+    lease = cli.json("leases", "take", "usage-agent", "2000")
+    cli.ok("leases", "release", lease["token"])
+    table_run, by_agent, bad = cli.many(
+        ("usage",),
+        ("usage", "--group-by", "agent", "--since", "1h", "--json"),
+        ("usage", "--since", "yesterday"),
+    )
+    assert table_run.returncode == 0, table_run.stderr
+    header, row, total = table_run.stdout.splitlines()
+    assert header.split()[:3] == ["OWNER", "LEASES", "GPU-HOURS"]
+    assert row.split()[:2] == ["anonymous", "1"] and total.split()[:2] == ["(total)", "1"]
+    report = json.loads(by_agent.stdout)
+    assert [g["key"] for g in report["groups"]] == ["usage-agent"]
+    assert report["group_by"] == "agent" and report["since"] is not None
+    one_error_line(bad, 2, "error: not a time or an age")
+
+
 # -- errors ----------------------------------------------------------------------------------
 
 
@@ -324,3 +343,20 @@ def test_cli__sends_the_token_from_the_settings(tmp_path: Path) -> None:
         server.shutdown()
         server.server_close()
     assert seen == ["Bearer s3cret", None]
+
+
+def test_cli__gpu_shows_a_quarantine_and_clear_lifts_it(system: System, cli: Cli) -> None:
+    node = system.settings.resolved_node_name()
+    rules = FaultRules(faults=1, ooms=1, window_s=60)
+    fault = GpuFault(node, 1, FaultKind.XID, "Xid 48: double bit ECC error")
+    system.store.record_gpu_fault(fault, system.services.clock.now(), rules)
+
+    listing = cli.ok("gpu")
+    assert "quarantined" in listing and "Xid 48" in listing
+    assert f"orchestrator gpu clear {node} 1" in listing
+    cleared = cli.ok("gpu", "clear", node, "1")
+    assert cleared.startswith(f"{node}/1: quarantine cleared (was: 1 xid faults")
+    assert cli.json("gpu", "clear", node, "1")["cleared"] is False
+    assert not system.store.list_quarantines()
+    missing = cli("gpu", "clear", node, "9")
+    assert missing.returncode != 0 and "404" in missing.stderr

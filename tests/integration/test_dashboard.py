@@ -27,6 +27,7 @@ import pytest
 import uvicorn
 
 from orchestrator.gpu import SimulatedProbe
+from orchestrator.gpu_health import FaultKind, FaultRules, GpuFault
 from tests.integration.backends import REAL_REQUIRED
 from tests.integration.harness import System, wait_until
 
@@ -221,6 +222,10 @@ def seed(system: System) -> Seeded:
         "/leases", json={"agent": HOSTILE_AGENT, "est_vram_mb": 16000, "ttl_s": 600}
     )
     assert lease.status_code == 201, lease.text
+    # The other card failed repeatedly: quarantined (orchestrator/gpu_health.py).
+    sick = 1 - lease.json()["devices"][0]
+    fault = GpuFault(node, sick, FaultKind.XID, "Xid 79: GPU has fallen off the bus")
+    system.store.record_gpu_fault(fault, system.services.clock.now(), FaultRules(1, 1, 60))
     pool = system.client.post(
         "/pools", json={"name": "gpu-a", "job_types": ["echo"], "desired": 1, "max_workers": 4}
     )
@@ -296,6 +301,10 @@ def test_dashboard__shows_live_state(system: System, browser: Browser) -> None:
     assert "leased 16,000" in leased["text"] and HOSTILE_AGENT in leased["text"]
     assert float(leased["leased"].rstrip("%")) == pytest.approx(100 * 16000 / DEVICE_MB, 0.01)
     assert gpus[1 - seeded.lease_device]["agents"] == []
+    sick = gpus[1 - seeded.lease_device]["text"]
+    assert "quarantined" in sick and "fallen off the bus" in sick
+    assert f"orchestrator gpu clear {seeded.node} {1 - seeded.lease_device}" in sick
+    assert "quarantined" not in leased["text"]
 
     assert "pending" not in page["queues"]
     waiting = page["queues"]["nobody_serves"].split()

@@ -282,12 +282,14 @@ def test_request_lease__quotas_deny_with_nothing_held_and_can_be_waited_out(
 ) -> None:
     system = open_system()
     report(system)
+    # Open API: every caller is the owner `anonymous`; `anonymous/alice` limits its agent alice.
+    alice_quota = "anonymous/alice"
     response = system.client.post(
-        "/policy", json={"quotas": {"alice": {"max_vram_mb": 10000, "max_leases": 2}}}
+        "/policy", json={"quotas": {alice_quota: {"max_vram_mb": 10000, "max_leases": 2}}}
     )
     assert response.status_code == 200, response.text
     assert response.json()["version"] == 1
-    assert system.client.get("/policy").json()["policy"]["quotas"]["alice"]["max_leases"] == 2
+    assert system.client.get("/policy").json()["policy"]["quotas"][alice_quota]["max_leases"] == 2
 
     def alices() -> list[Json]:
         held = system.client.get("/leases").json()["leases"]

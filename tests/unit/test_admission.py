@@ -265,14 +265,14 @@ def test_place__gang_larger_than_any_node_is_final() -> None:
 
 
 def test_place__quota_vram_counts_every_device_of_a_gang() -> None:
-    policy = AdmissionPolicy(quotas={"alice": Quota(max_vram_mb=25000)})
+    policy = AdmissionPolicy(quotas={"anonymous/alice": Quota(max_vram_mb=25000)})
     shelf = book(two_cards(), [active(6000, (0, 1), agent="alice")], policy)
     refused = denial(shelf.place(ask(14000, agent="alice")))
     assert refused.reason is DenyReason.QUOTA_VRAM
     assert not refused.final  # waiting can free it
     assert refused.estimated_wait_ms == 60_000  # when alice's lease expires
     assert placement(shelf.place(ask(13000, agent="alice"))) == Placement("n1", (0,))
-    # Other agents fall under the default quota (none).
+    # Other agents of the owner fall under no agent quota, and the owner has none.
     assert isinstance(shelf.place(ask(14000, agent="bob")), Placement)
 
 
@@ -284,13 +284,36 @@ def test_place__quota_vram_over_the_quota_alone_is_final() -> None:
 
 
 def test_place__quota_leases_counts_active_leases() -> None:
-    policy = AdmissionPolicy(quotas={"alice": Quota(max_leases=2)})
+    policy = AdmissionPolicy(quotas={"anonymous/alice": Quota(max_leases=2)})
     held = [active(1000, agent="alice"), active(1000, agent="alice")]
     refused = denial(book(two_cards(), held, policy).place(ask(1000, agent="alice")))
     assert refused.reason is DenyReason.QUOTA_LEASES
     assert not refused.final
-    nothing = AdmissionPolicy(quotas={"alice": Quota(max_leases=0)})
+    nothing = AdmissionPolicy(quotas={"anonymous/alice": Quota(max_leases=0)})
     assert denial(book(two_cards(), policy=nothing).place(ask(1, agent="alice"))).final
+
+
+def test_place__the_owner_quota_counts_every_agent_name_and_only_the_owner() -> None:
+    policy = AdmissionPolicy(quotas={"alice": Quota(max_leases=1)})
+    shelf = book(two_cards(), [replace(active(1000, agent="a1"), owner="alice")], policy)
+    renamed = LeaseRequest(agent="another-name", owner="alice", est_vram_mb=1000)
+    refused = denial(shelf.place(renamed))
+    assert refused.reason is DenyReason.QUOTA_LEASES and refused.quota_key == "alice"
+    # Bob calling his agent "alice" neither spends alice's quota nor falls under it.
+    spoof = LeaseRequest(agent="alice", owner="bob", est_vram_mb=1000)
+    assert isinstance(shelf.place(spoof), Placement)
+    shelf.add(replace(active(1000, agent="alice"), owner="bob"))
+    assert isinstance(shelf.place(spoof), Placement)
+
+
+def test_place__an_agent_quota_is_scoped_to_its_owner() -> None:
+    policy = AdmissionPolicy(quotas={"alice/trainer": Quota(max_leases=1)})
+    shelf = book(two_cards(), [replace(active(1000, agent="trainer"), owner="alice")], policy)
+    again = LeaseRequest(agent="trainer", owner="alice", est_vram_mb=1000)
+    assert denial(shelf.place(again)).quota_key == "alice/trainer"
+    for owner, agent in (("bob", "trainer"), ("alice", "other")):
+        other = LeaseRequest(agent=agent, owner=owner, est_vram_mb=1000)
+        assert isinstance(shelf.place(other), Placement), (owner, agent)
 
 
 # -- ranking -------------------------------------------------------------------------------
@@ -396,7 +419,7 @@ def test_serve_queue__a_request_waiting_for_one_node_does_not_hold_back_others()
 
 
 def test_serve_queue__a_request_over_its_quota_does_not_hold_back_others() -> None:
-    policy = AdmissionPolicy(quotas={"alice": Quota(max_leases=1)})
+    policy = AdmissionPolicy(quotas={"anonymous/alice": Quota(max_leases=1)})
     shelf = book([device()], [active(1000, agent="alice")], policy)
     queue = [waiting("alice", 1000, agent="alice", waited_s=5), waiting("bob", 1000, agent="bob")]
     served = serve_queue(shelf, queue, policy)

@@ -316,7 +316,7 @@ def test_sweep_leases__ageing_serves_an_old_low_request_before_a_new_normal_one(
 def test_request_lease__quotas_from_the_stored_policy_deny_and_hold_nothing(
     cards: SqlStore, clock: FakeClock
 ) -> None:
-    policy = AdmissionPolicy(quotas={"alice": Quota(max_vram_mb=10000, max_leases=2)})
+    policy = AdmissionPolicy(quotas={"anonymous/alice": Quota(max_vram_mb=10000, max_leases=2)})
     cards.put_policy(policy, clock.now(), "test", None)
     first = take(cards, clock, ask(6000, agent="alice"))
     denied(

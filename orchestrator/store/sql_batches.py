@@ -1,0 +1,199 @@
+"""Claims and completions of several attempts in one transaction each.
+
+The same conditional writes as `SqlAttempts.claim_job` / `complete_job` (DESIGN invariants 2
+and 4), done for a group with a fixed number of statements: a worker whose slots finish
+together pays one commit, not one per job (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from orchestrator.ids import new_token
+from orchestrator.jobs import ACTIVE_STATUSES, CLAIMABLE_STATUSES, Claim, Dispatch, JobStatus
+from orchestrator.store.base import Outcome
+from orchestrator.store.codec import dumps, job_from_row
+from orchestrator.store.sql_attempts import SqlAttempts
+from orchestrator.store.tables import job_events, jobs
+
+S = JobStatus
+
+
+def _by_id(values: Mapping[str, Any], column: Any) -> Any:
+    """A CASE on the job id: each row of a multi-row UPDATE gets its own value."""
+    return sa.case(values, value=jobs.c.id, else_=column)
+
+
+class SqlBatches(SqlAttempts):
+    def claim_jobs(
+        self, dispatches: Sequence[Dispatch], worker_id: str, now: datetime
+    ) -> list[Claim | None]:
+        """`claim_job` for each dispatch, in one transaction; None where it would be None."""
+        if len(dispatches) == 1:
+            return [self.claim_job(dispatches[0], worker_id, now)]
+        # A job named twice in one batch is claimed by its first dispatch only.
+        first: dict[str, Dispatch] = {}
+        for d in dispatches:
+            first.setdefault(d.job_id, d)
+        tokens = {job_id: new_token() for job_id in first}
+        with self._tx(write=True) as conn:
+            conn.execute(
+                jobs.update()
+                .where(
+                    jobs.c.id.in_(list(first)),
+                    jobs.c.status.in_(CLAIMABLE_STATUSES),
+                    jobs.c.attempts == _by_id({i: d.attempt - 1 for i, d in first.items()}, -1),
+                    jobs.c.priority == _by_id({i: int(d.priority) for i, d in first.items()}, -1),
+                    jobs.c.available_at <= now,
+                )
+                .values(
+                    status=sa.case((jobs.c.gpu.is_(None), S.RUNNING.value), else_=S.CLAIMED.value),
+                    attempts=jobs.c.attempts + 1,
+                    worker_id=worker_id,
+                    claim_token=_by_id(tokens, jobs.c.claim_token),
+                    heartbeat_at=now,
+                    started_at=now,
+                    updated_at=now,
+                )
+            )
+            rows = {
+                r.id: r._mapping
+                for r in conn.execute(
+                    sa.select(jobs).where(
+                        jobs.c.id.in_(list(first)), jobs.c.claim_token.in_(list(tokens.values()))
+                    )
+                )
+            }
+            claims: list[Claim | None] = []
+            events = []
+            for d in dispatches:
+                row = rows.get(d.job_id)
+                if (
+                    row is None
+                    or first[d.job_id] is not d
+                    or row["claim_token"] != tokens[d.job_id]
+                ):
+                    if first[d.job_id] is d:
+                        self._unpublish_if_early(conn, d, now)
+                    claims.append(None)
+                    continue
+                job = job_from_row(row)
+                claims.append(Claim(job=job, token=tokens[d.job_id], attempt=d.attempt))
+                events.append(
+                    _event_row(
+                        d.job_id,
+                        now,
+                        "started" if job.status is S.RUNNING else "claimed",
+                        job.status,
+                        d.attempt,
+                        worker_id,
+                    )
+                )
+            if events:
+                conn.execute(job_events.insert(), events)
+        return claims
+
+    def complete_jobs(self, items: Sequence[tuple[Claim, Any]], now: datetime) -> list[Outcome]:
+        """`complete_job` for each (claim, result), in one transaction."""
+        if len(items) == 1:
+            return [self.complete_job(items[0][0], items[0][1], now)]
+        ids = [claim.job.id for claim, _ in items]
+        with self._tx(write=True) as conn:
+            # Locked in id order, as every multi-row write here is: no deadlock between them.
+            locked = {
+                r.id: r._mapping
+                for r in conn.execute(
+                    sa.select(jobs).where(jobs.c.id.in_(ids)).order_by(jobs.c.id).with_for_update()
+                )
+            }
+            current: dict[str, tuple[Claim, Any, JobStatus]] = {}
+            winner: dict[str, int] = {}  # the item that completes each job
+            for index, (claim, result) in enumerate(items):
+                row = locked.get(claim.job.id)
+                if (
+                    row is not None
+                    and claim.job.id not in current
+                    and row["claim_token"] == claim.token
+                    and row["status"] in ACTIVE_STATUSES
+                ):
+                    status = S.CANCELLED if row["cancel_requested"] else S.DONE
+                    current[claim.job.id] = (claim, result, status)
+                    winner[claim.job.id] = index
+            if current:
+                self._write_completions(conn, current, now)
+            outcomes = []
+            for index, (claim, _) in enumerate(items):
+                if winner.get(claim.job.id) != index:
+                    # Fenced: the same check and audit entry as a single completion's.
+                    self._fenced_row(conn, claim, now, "complete")
+                    outcomes.append(Outcome(None))
+                    continue
+                outcomes.append(Outcome(current[claim.job.id][2]))
+            # The rows are locked: each job is its row with `_write_completions`'s values.
+            reloaded = {
+                job_id: self._updated(
+                    locked[job_id],
+                    {
+                        "status": status.value,
+                        "result": dumps(result),
+                        "error": None,
+                        "finished_at": now,
+                        "updated_at": now,
+                    },
+                )
+                for job_id, (_, result, status) in current.items()
+            }
+        return [
+            Outcome(o.status, reloaded[claim.job.id]) if o.status is not None else o
+            for o, (claim, _) in zip(outcomes, items, strict=True)
+        ]
+
+    @staticmethod
+    def _write_completions(
+        conn: Connection, current: Mapping[str, tuple[Claim, Any, JobStatus]], now: datetime
+    ) -> None:
+        ids = list(current)
+        conn.execute(
+            jobs.update()
+            .where(jobs.c.id.in_(ids))
+            .values(
+                status=_by_id({i: c[2].value for i, c in current.items()}, jobs.c.status),
+                result=_by_id({i: dumps(c[1]) for i, c in current.items()}, jobs.c.result),
+                error=None,
+                finished_at=now,
+                updated_at=now,
+            )
+        )
+        conn.execute(
+            job_events.insert(),
+            [
+                _event_row(
+                    job_id,
+                    now,
+                    "cancelled" if status is S.CANCELLED else "completed",
+                    status,
+                    claim.attempt,
+                    claim.job.worker_id or "worker",
+                )
+                for job_id, (claim, _, status) in current.items()
+            ],
+        )
+
+
+def _event_row(
+    job_id: str, now: datetime, event: str, status: JobStatus, attempt: int, actor: str
+) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "at": now,
+        "event": event,
+        "status": status.value,
+        "attempt": attempt,
+        "actor": actor,
+        "detail": None,
+    }

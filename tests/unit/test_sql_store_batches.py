@@ -1,0 +1,75 @@
+"""`SqlStore.claim_jobs` / `complete_jobs`: a group of attempts in one transaction, with the
+same outcome, fencing and audit trail as one at a time."""
+
+from __future__ import annotations
+
+from orchestrator.clock import FakeClock
+from orchestrator.jobs import Dispatch, JobStatus, Priority
+from orchestrator.store import SqlStore
+
+from .store_helpers import WORKER, Submitter, claim, current, dispatch_of, event_names
+
+
+def test_claim_jobs__claims_each_due_job_once(
+    store: SqlStore, clock: FakeClock, submit: Submitter
+) -> None:
+    a, b, c = submit(), submit(), submit()
+    claims = store.claim_jobs([dispatch_of(a), dispatch_of(b), dispatch_of(c)], WORKER, clock.now())
+    assert [cl.job.id if cl else None for cl in claims] == [a.id, b.id, c.id]
+    assert all(cl is not None and cl.job.status is JobStatus.RUNNING for cl in claims)
+    assert len({cl.token for cl in claims if cl}) == 3  # a fencing token of its own each
+    for job in (a, b, c):
+        assert current(store, job.id).attempts == 1
+        assert event_names(store, job.id) == ["submitted", "started"]
+
+
+def test_claim_jobs__stale_duplicate_and_misbanded_deliveries_get_none(
+    store: SqlStore, clock: FakeClock, submit: Submitter
+) -> None:
+    taken, fresh, moved = submit(), submit(), submit()
+    claim(store, clock, taken)  # already running elsewhere
+    claims = store.claim_jobs(
+        [
+            dispatch_of(taken),
+            dispatch_of(fresh),
+            dispatch_of(fresh),  # the same message twice in one read
+            dispatch_of(fresh, attempt=2),
+            Dispatch(moved.id, moved.type, Priority.HIGH, 1),  # a band the job is not in
+        ],
+        "worker-b",
+        clock.now(),
+    )
+    assert [cl is not None for cl in claims] == [False, True, False, False, False]
+    assert current(store, taken.id).worker_id == WORKER
+    assert current(store, fresh.id).attempts == 1
+    assert event_names(store, fresh.id) == ["submitted", "started"]
+    assert current(store, moved.id).status is JobStatus.PENDING
+
+
+def test_complete_jobs__completes_current_claims_and_fences_stale_ones(
+    store: SqlStore, clock: FakeClock, submit: Submitter
+) -> None:
+    a, b, c = submit(), submit(), submit()
+    ca, cb, cc = (claim(store, clock, j) for j in (a, b, c))
+    store.cancel_job(b.id, clock.now(), "someone")  # asked to cancel while it ran
+    stale = ca.__class__(job=cc.job, token="0" * 32, attempt=cc.attempt)
+    outcomes = store.complete_jobs([(ca, {"n": 1}), (cb, {"n": 2}), (stale, {"n": 3})], clock.now())
+    assert [o.status for o in outcomes] == [JobStatus.DONE, JobStatus.CANCELLED, None]
+    assert outcomes[0].job is not None and outcomes[0].job.result == {"n": 1}
+    assert event_names(store, a.id)[-1] == "completed"
+    assert event_names(store, b.id)[-1] == "cancelled"
+    # The stale result changed nothing and is on the record; the real claim still holds.
+    assert current(store, c.id).status is JobStatus.RUNNING
+    assert event_names(store, c.id)[-1] == "stale_result_rejected"
+    assert store.complete_jobs([(cc, None)], clock.now())[0].status is JobStatus.DONE
+
+
+def test_complete_jobs__a_second_completion_of_the_same_claim_is_fenced(
+    store: SqlStore, clock: FakeClock, submit: Submitter
+) -> None:
+    a, b = submit(), submit()
+    ca, cb = claim(store, clock, a), claim(store, clock, b)
+    outcomes = store.complete_jobs([(ca, 1), (ca, 2), (cb, 3)], clock.now())
+    assert [o.status for o in outcomes] == [JobStatus.DONE, None, JobStatus.DONE]
+    assert current(store, a.id).result == 1
+    assert event_names(store, a.id).count("completed") == 1

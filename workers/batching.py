@@ -1,0 +1,92 @@
+"""Group commit: slots that write at the same time share one transaction (or one round trip).
+
+Each caller blocks until its own item is written, exactly as with a direct call, so the
+order "commit the outcome, then ack" (DESIGN invariant 3) is unchanged. Nobody waits for
+a group to fill: the first caller writes at once; callers that arrive while a write is in
+flight go together in the next one. One slot alone pays nothing extra; busy slots pay one
+commit per group.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# A group never holds more than the callers waiting at once (a worker's slots); this only
+# bounds the statements of one transaction.
+MAX_GROUP = 64
+
+
+class _Pending(Generic[T, R]):
+    __slots__ = ("done", "error", "item", "result")
+
+    def __init__(self, item: T) -> None:
+        self.item = item
+        self.done = False
+        self.result: R | None = None
+        self.error: BaseException | None = None
+
+
+class GroupCommit(Generic[T, R]):
+    """Calls `write(items)` (one result per item, in order) for groups of concurrent calls.
+    An error of a type in `shared` (an outage) fails the whole group; any other is taken
+    as one item's fault, and the group is written again item by item."""
+
+    def __init__(
+        self,
+        write: Callable[[Sequence[T]], Sequence[R]],
+        *,
+        shared: tuple[type[BaseException], ...] = (),
+        max_group: int = MAX_GROUP,
+    ) -> None:
+        self._write = write
+        self._shared = shared
+        self._max = max(1, max_group)
+        self._cond = threading.Condition()
+        self._queue: list[_Pending[T, R]] = []
+        self._busy = False
+
+    def __call__(self, item: T) -> R:
+        mine: _Pending[T, R] = _Pending(item)
+        with self._cond:
+            self._queue.append(mine)
+        while True:
+            with self._cond:
+                while self._busy and not mine.done:
+                    self._cond.wait()
+                if mine.done:
+                    break
+                self._busy = True
+                group = self._queue[: self._max]
+                del self._queue[: self._max]
+            try:
+                self._write_group(group)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+        if mine.error is not None:
+            raise mine.error
+        return mine.result  # type: ignore[return-value]
+
+    def _write_group(self, group: list[_Pending[T, R]]) -> None:
+        try:
+            results = self._write([p.item for p in group])
+        except BaseException as exc:
+            if len(group) == 1 or isinstance(exc, self._shared):
+                for p in group:
+                    p.error = exc
+                    p.done = True
+                return
+            # One bad item must not fail its neighbours: write each alone, each with its
+            # own result or error.
+            for p in group:
+                self._write_group([p])
+            return
+        for p, result in zip(group, results, strict=True):
+            p.result = result
+            p.done = True
