@@ -8,7 +8,9 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from bench.env import BenchEnv, bench_env, rss_mb, wait_until
+from bench.env import BenchEnv, bench_env, redis_client, rss_mb, wait_until
+from bench.tasks import RUNS_KEY
+from orchestrator.streams.keys import Keys
 
 BATCH = 500
 # Submitters in parallel: one HTTP client would leave the server idle between batches.
@@ -61,9 +63,32 @@ def last_done(env: BenchEnv) -> float:
     return at.replace(tzinfo=UTC).timestamp()
 
 
+# A job is `done` once its completion commits; its ack follows a moment later.
+ACK_WAIT_S = 30
+
+
+def redis_state(env: BenchEnv) -> dict[str, int]:
+    """The noop streams' entries pending in a consumer group (delivered, never acked) and
+    entries left at all (acks delete their entry: orchestrator/streams/redis_streams.py),
+    and how many times the handler ran (bench/tasks.py)."""
+    client = redis_client()
+    try:
+        pending = entries = 0
+        for stream, _ in Keys(env.prefix).streams("noop"):
+            if not client.exists(stream):
+                continue
+            entries += int(client.xlen(stream))
+            pending += sum(int(g["pending"]) for g in client.xinfo_groups(stream))
+        runs = int(client.get(env.prefix + RUNS_KEY) or 0)
+    finally:
+        client.close()
+    return {"pending_entries": pending, "stream_entries": entries, "handler_runs": runs}
+
+
 def audit(env: BenchEnv, total: int) -> dict[str, Any]:
     """Every job `done` on its first attempt, one start and one completion each in the audit
-    trail, and no rejected or duplicate result."""
+    trail, and no rejected or duplicate result; its handler ran once per job, and every
+    delivery was acked (nothing pending, nothing left in the streams)."""
     checks = {
         "jobs": "SELECT COUNT(*) FROM orchestrator_jobs",
         "not_done": "SELECT COUNT(*) FROM orchestrator_jobs WHERE status <> 'done'",
@@ -83,6 +108,15 @@ def audit(env: BenchEnv, total: int) -> dict[str, Any]:
         ),
     }
     found = {name: int(env.scalar(sql) or 0) for name, sql in checks.items()}
+
+    def all_acked() -> dict[str, int] | None:
+        state = redis_state(env)
+        return state if state["pending_entries"] == state["stream_entries"] == 0 else None
+
+    try:
+        found.update(wait_until(all_acked, ACK_WAIT_S, "every delivery to be acked", every=0.05))
+    except TimeoutError:
+        found.update(redis_state(env))  # what is left, for the report
     expected = {
         "jobs": total,
         "not_done": 0,
@@ -91,6 +125,9 @@ def audit(env: BenchEnv, total: int) -> dict[str, Any]:
         "started_events": total,
         "duplicate_completions": 0,
         "rejected_results": 0,
+        "pending_entries": 0,
+        "stream_entries": 0,
+        "handler_runs": total,
     }
     found["exactly_once"] = found == expected
     return found

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,11 +20,15 @@ import httpx
 import redis
 import sqlalchemy as sa
 
+from orchestrator.children import die_with_parent
 from orchestrator.ids import new_token
 
 ROOT = Path(__file__).resolve().parent.parent
 MARIADB_URL = os.environ.get("ORCH_BENCH_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 REDIS_URL = os.environ.get("ORCH_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+# Set (to anything but "" or "0") to keep each measurement's process logs; a failed
+# measurement keeps its logs anyway and says where they are.
+KEEP_LOGS = os.environ.get("ORCH_BENCH_KEEP_LOGS", "") not in ("", "0")
 
 
 class BenchUnavailable(RuntimeError):
@@ -58,13 +63,20 @@ def delete_prefix(client: redis.Redis, prefix: str) -> None:
 
 
 class Proc:
-    """A subprocess with its output in a log file (shown when it dies early)."""
+    """A subprocess with its output in a log file (shown when it dies early). It dies with
+    the bench (SIGKILL when its parent goes, however it goes), so a killed or timed-out
+    bench leaves no server or worker running."""
 
     def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log
         self._out = log.open("wb")
         self.popen = subprocess.Popen(
-            args, env=env, cwd=ROOT, stdout=self._out, stderr=subprocess.STDOUT
+            args,
+            env=env,
+            cwd=ROOT,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: die_with_parent(signal.SIGKILL),
         )
 
     @property
@@ -210,5 +222,14 @@ class BenchEnv:
 def bench_env(label: str, **settings: str) -> Iterator[BenchEnv]:
     with ExitStack() as stack:
         env = BenchEnv(stack, label, **settings)
-        env.setup()
-        yield env
+        try:
+            env.setup()
+            yield env
+        except BaseException:
+            print(f"bench: {label} failed; its logs are in {env.workdir}", file=sys.stderr)
+            raise
+    # Here the processes have stopped and their logs are closed.
+    if KEEP_LOGS:
+        print(f"bench: {label} logs kept in {env.workdir}", file=sys.stderr)
+    else:
+        shutil.rmtree(env.workdir, ignore_errors=True)

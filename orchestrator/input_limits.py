@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 # The longest anything may be scheduled ahead, whatever ORCH_MAX_DELAY_S says (ten years).
 MAX_DELAY_S = 3660 * 86400.0
 
+# The most jobs one submit_batch may hold, whatever ORCH_MAX_BATCH_SIZE says: the request
+# schema's bound, checked before any job in it is validated.
+MAX_BATCH_SIZE = 100_000
+
 # Job types the product submits itself: always allowed, whatever ORCH_JOB_TYPE_PATTERN says.
 BUILTIN_JOB_TYPES = frozenset({PRELOAD_JOB_TYPE})
 

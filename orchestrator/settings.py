@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from orchestrator.input_limits import MAX_DELAY_S, compile_job_type_pattern
+from orchestrator.input_limits import MAX_BATCH_SIZE, MAX_DELAY_S, compile_job_type_pattern
 
 EMBEDDED = "embedded"
 
@@ -92,18 +92,20 @@ class Settings(BaseSettings):
 
     # Jobs.
     # Input limits (docs/api.md#limits); the request schemas hold the absolute bounds, these
-    # can only narrow them.
+    # can only narrow them. Payloads and results are bounded at 4 MiB: their MariaDB columns
+    # are MEDIUMTEXT (16 MiB), and one statement must fit `max_allowed_packet` (16 MiB by
+    # default) though escaping can double the bytes on the wire.
     max_payload_bytes: int = Field(
-        1 << 20, ge=1, le=1 << 30, description="Largest job payload (JSON bytes)."
+        1 << 20, ge=1, le=4 << 20, description="Largest job payload (JSON bytes)."
     )
     max_request_bytes: int = Field(
         16 << 20, ge=1, le=1 << 30, description="Largest HTTP request body (a whole batch)."
     )
     max_result_bytes: int = Field(
-        1 << 20, ge=1, le=1 << 30, description="Largest job result (JSON bytes)."
+        1 << 20, ge=1, le=4 << 20, description="Largest job result (JSON bytes)."
     )
     max_batch_size: int = Field(
-        1000, ge=1, le=100_000, description="Most jobs in one submit_batch request."
+        1000, ge=1, le=MAX_BATCH_SIZE, description="Most jobs in one submit_batch request."
     )
     max_page_size: int = Field(
         500, ge=1, le=10_000, description="Most items in one page of any list (jobs, leases...)."

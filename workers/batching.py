@@ -74,8 +74,22 @@ class GroupCommit(Generic[T, R]):
         return mine.result  # type: ignore[return-value]
 
     def _write_group(self, group: list[_Pending[T, R]]) -> None:
+        error: BaseException | None = None
         try:
-            results = self._write([p.item for p in group])
+            self._write_items(group)
+        except BaseException as exc:
+            error = exc
+        finally:
+            # Every item leaves done, or its caller would wait (or write an empty group)
+            # forever: whatever went wrong past the handling below is each unfinished item's.
+            for p in group:
+                if not p.done:
+                    p.error = error or RuntimeError("group write left the item unwritten")
+                    p.done = True
+
+    def _write_items(self, group: list[_Pending[T, R]]) -> None:
+        try:
+            results = list(self._write([p.item for p in group]))
         except BaseException as exc:
             if len(group) == 1 or isinstance(exc, self._shared):
                 for p in group:
@@ -87,6 +101,8 @@ class GroupCommit(Generic[T, R]):
             for p in group:
                 self._write_group([p])
             return
+        if len(results) != len(group):
+            raise RuntimeError(f"group write returned {len(results)} results for {len(group)}")
         for p, result in zip(group, results, strict=True):
             p.result = result
             p.done = True

@@ -11,7 +11,6 @@ import dataclasses
 import logging
 
 from orchestrator.clock import Clock
-from orchestrator.errors import OrchestratorError
 from orchestrator.gpu import Device
 from orchestrator.gpu_health import (
     FaultKind,
@@ -40,6 +39,20 @@ class GpuHealth:
     ) -> None:
         """Record what the attempt saw of its devices. Never raises: a fault not recorded
         only delays a quarantine."""
+        try:
+            self._after_attempt(claim, lease, ctx, status, error)
+        except Exception:
+            # Any error (a store's, a driver's, a bug): the lease must still be released and
+            # the outcome recorded after this.
+            logger.exception(
+                "job %s: could not record its GPU faults",
+                claim.job.id,
+                extra={"event": "gpu_fault_unrecorded", "job_id": claim.job.id},
+            )
+
+    def _after_attempt(
+        self, claim: Claim, lease: Lease, ctx: JobContext, status: str, error: object
+    ) -> None:
         faults = [
             GpuFault(lease.node or "", index, FaultKind.XID, detail, claim.job.id)
             for device, detail in ctx.gpu_faults
@@ -47,26 +60,17 @@ class GpuHealth:
         ]
         text = error if status == "error" and isinstance(error, str) else ""
         kind = classify_failure(text) if text else None
-        try:
-            if kind is FaultKind.XID:
-                node = lease.node or ""
-                faults += [
-                    GpuFault(node, i, FaultKind.XID, text[:500], claim.job.id)
-                    for i in lease.devices
-                ]
-            elif kind is FaultKind.OOM:
-                devices = {d.key: d for d in self.store.list_devices()}
-                faults += self._oom_faults(claim, lease, ctx, text, devices)
-                largest = max((d.memory_total_mb for d in devices.values()), default=0)
-                self._grow(claim, lease, text, largest)
-            self._record(faults)
-        except OrchestratorError as exc:
-            logger.error(
-                "job %s: could not record its GPU faults: %s",
-                claim.job.id,
-                exc,
-                extra={"event": "gpu_fault_unrecorded", "job_id": claim.job.id},
-            )
+        if kind is FaultKind.XID:
+            node = lease.node or ""
+            faults += [
+                GpuFault(node, i, FaultKind.XID, text[:500], claim.job.id) for i in lease.devices
+            ]
+        elif kind is FaultKind.OOM:
+            devices = {d.key: d for d in self.store.list_devices()}
+            faults += self._oom_faults(claim, lease, ctx, text, devices)
+            largest = max((d.memory_total_mb for d in devices.values()), default=0)
+            self._grow(claim, lease, text, largest)
+        self._record(faults)
 
     def _oom_faults(
         self,

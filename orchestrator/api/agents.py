@@ -24,7 +24,12 @@ router = APIRouter(tags=["models"])
 
 MAX_CAPABILITIES = 64
 
-Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\s\x00-\x1f]+$")]
+# No control character (Unicode category Cc: C0, DEL and C1), as `InputLimits.check_names`
+# rules for names: these strings go into logs and the CLI's tables, where a newline or an
+# escape sequence would forge or garble a line.
+PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f]+$"
+Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\s\x00-\x1f\x7f-\x9f]+$")]
+Printable = Annotated[str, Field(min_length=1, max_length=128, pattern=PRINTABLE)]
 
 
 class RegisterBody(BaseModel):
@@ -33,10 +38,8 @@ class RegisterBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     agent: Name
-    version: Annotated[str, Field(min_length=1, max_length=64)]
-    capabilities: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
-        default_factory=list, max_length=MAX_CAPABILITIES
-    )
+    version: Annotated[str, Field(min_length=1, max_length=64, pattern=PRINTABLE)]
+    capabilities: list[Printable] = Field(default_factory=list, max_length=MAX_CAPABILITIES)
     requires_models: list[ModelId] = Field(default_factory=list, max_length=MAX_PRELOAD_MODELS)
 
     @field_validator("requires_models", "capabilities")
@@ -77,7 +80,7 @@ class EvictBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model_id: ModelId
-    node: Annotated[str, Field(min_length=1, max_length=128)] | None = Field(
+    node: Printable | None = Field(
         None, description="Only this node (default: every node where it is warm)."
     )
 

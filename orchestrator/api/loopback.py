@@ -12,17 +12,24 @@ So, while authentication is off:
 
 Both get a 403 JSON error before any route runs, so nothing is written. With tokens the
 bearer header is the defence (browsers never add it to a cross-site request on their own).
+While it cannot tell (the database is down and authentication is not yet known to be on),
+it answers 503 in the house error format, as a route would.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from urllib.parse import urlsplit
 
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from orchestrator.api.errors import error_response
 from orchestrator.auth import Authenticator, is_loopback
+from orchestrator.errors import Unavailable
+
+logger = logging.getLogger(__name__)
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -57,7 +64,18 @@ class LoopbackGuard:
         return "*" in self.allowed or host in self.allowed or is_loopback(host)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or await self._auth_enabled():
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            auth_on = await self._auth_enabled()
+        except Unavailable as exc:
+            # Outside the app's error handlers (this runs before them): answer as they would.
+            logger.error("request failed: %s", exc.message, extra={"event": "request_failed"})
+            response = error_response(503, exc.code, exc.message, exc.details or None)
+            await response(scope, receive, send)
+            return
+        if auth_on:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from orchestrator.input_limits import MAX_DELAY_S
+from orchestrator.input_limits import MAX_BATCH_SIZE, MAX_DELAY_S
 from orchestrator.jobs import JOB_TYPE_PATTERN, GpuNeeds, Job, JobEvent
 from orchestrator.models import MAX_MODEL_ID_LENGTH, model_id_problem
 
@@ -92,7 +92,9 @@ class SubmitRequest(BaseModel):
 class SubmitBatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    jobs: list[SubmitRequest] = Field(min_length=1)
+    # ORCH_MAX_BATCH_SIZE (checked by the service) can only narrow this; this bound is
+    # checked before any item is built, so an oversized batch costs no per-job models.
+    jobs: list[SubmitRequest] = Field(min_length=1, max_length=MAX_BATCH_SIZE)
 
 
 class SubmitResponse(BaseModel):

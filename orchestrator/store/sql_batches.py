@@ -23,6 +23,12 @@ from orchestrator.store.tables import job_events, jobs
 
 S = JobStatus
 
+# The most encoded result bytes one UPDATE of `complete_jobs` carries. A group holds up to 64
+# results of up to `max_result_bytes` each; in one statement they could pass MariaDB's
+# `max_allowed_packet` (16 MiB by default), an error that fails the whole group every time.
+# A result larger than this goes in a statement of its own (settings bound it at 4 MiB).
+MAX_STATEMENT_RESULT_BYTES = 4 << 20
+
 
 def _by_id(values: Mapping[str, Any], column: Any) -> Any:
     """A CASE on the job id: each row of a multi-row UPDATE gets its own value."""
@@ -36,10 +42,12 @@ class SqlBatches(SqlAttempts):
         """`claim_job` for each dispatch, in one transaction; None where it would be None."""
         if len(dispatches) == 1:
             return [self.claim_job(dispatches[0], worker_id, now)]
-        # A job named twice in one batch is claimed by its first dispatch only.
-        first: dict[str, Dispatch] = {}
-        for d in dispatches:
-            first.setdefault(d.job_id, d)
+        if len({d.job_id for d in dispatches}) < len(dispatches):
+            # A job named twice (the same message twice, or a stale attempt's message next
+            # to the current one): only one-at-a-time claims give the claim to whichever
+            # dispatch is valid, not to whichever came first. Rare, so simply slower.
+            return [self.claim_job(d, worker_id, now) for d in dispatches]
+        first = {d.job_id: d for d in dispatches}
         tokens = {job_id: new_token() for job_id in first}
         with self._tx(write=True) as conn:
             conn.execute(
@@ -73,13 +81,8 @@ class SqlBatches(SqlAttempts):
             events = []
             for d in dispatches:
                 row = rows.get(d.job_id)
-                if (
-                    row is None
-                    or first[d.job_id] is not d
-                    or row["claim_token"] != tokens[d.job_id]
-                ):
-                    if first[d.job_id] is d:
-                        self._unpublish_if_early(conn, d, now)
+                if row is None or row["claim_token"] != tokens[d.job_id]:
+                    self._unpublish_if_early(conn, d, now)
                     claims.append(None)
                     continue
                 job = job_from_row(row)
@@ -111,7 +114,7 @@ class SqlBatches(SqlAttempts):
                     sa.select(jobs).where(jobs.c.id.in_(ids)).order_by(jobs.c.id).with_for_update()
                 )
             }
-            current: dict[str, tuple[Claim, Any, JobStatus]] = {}
+            current: dict[str, tuple[Claim, str, JobStatus]] = {}  # result encoded once
             winner: dict[str, int] = {}  # the item that completes each job
             for index, (claim, result) in enumerate(items):
                 row = locked.get(claim.job.id)
@@ -122,7 +125,7 @@ class SqlBatches(SqlAttempts):
                     and row["status"] in ACTIVE_STATUSES
                 ):
                     status = S.CANCELLED if row["cancel_requested"] else S.DONE
-                    current[claim.job.id] = (claim, result, status)
+                    current[claim.job.id] = (claim, dumps(result), status)
                     winner[claim.job.id] = index
             if current:
                 self._write_completions(conn, current, now)
@@ -140,13 +143,13 @@ class SqlBatches(SqlAttempts):
                     locked[job_id],
                     {
                         "status": status.value,
-                        "result": dumps(result),
+                        "result": encoded,
                         "error": None,
                         "finished_at": now,
                         "updated_at": now,
                     },
                 )
-                for job_id, (_, result, status) in current.items()
+                for job_id, (_, encoded, status) in current.items()
             }
         return [
             Outcome(o.status, reloaded[claim.job.id]) if o.status is not None else o
@@ -155,20 +158,20 @@ class SqlBatches(SqlAttempts):
 
     @staticmethod
     def _write_completions(
-        conn: Connection, current: Mapping[str, tuple[Claim, Any, JobStatus]], now: datetime
+        conn: Connection, current: Mapping[str, tuple[Claim, str, JobStatus]], now: datetime
     ) -> None:
-        ids = list(current)
-        conn.execute(
-            jobs.update()
-            .where(jobs.c.id.in_(ids))
-            .values(
-                status=_by_id({i: c[2].value for i, c in current.items()}, jobs.c.status),
-                result=_by_id({i: dumps(c[1]) for i, c in current.items()}, jobs.c.result),
-                error=None,
-                finished_at=now,
-                updated_at=now,
+        for chunk in _chunks_by_size(current):
+            conn.execute(
+                jobs.update()
+                .where(jobs.c.id.in_(chunk))
+                .values(
+                    status=_by_id({i: current[i][2].value for i in chunk}, jobs.c.status),
+                    result=_by_id({i: current[i][1] for i in chunk}, jobs.c.result),
+                    error=None,
+                    finished_at=now,
+                    updated_at=now,
+                )
             )
-        )
         conn.execute(
             job_events.insert(),
             [
@@ -183,6 +186,21 @@ class SqlBatches(SqlAttempts):
                 for job_id, (claim, _, status) in current.items()
             ],
         )
+
+
+def _chunks_by_size(current: Mapping[str, tuple[Claim, str, JobStatus]]) -> list[list[str]]:
+    """The job ids in order, cut so each chunk's encoded results stay within
+    `MAX_STATEMENT_RESULT_BYTES` (a chunk of one may pass it)."""
+    chunks: list[list[str]] = []
+    size = 0
+    for job_id, (_, encoded, _) in current.items():
+        n = len(encoded.encode())
+        if not chunks or size + n > MAX_STATEMENT_RESULT_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(job_id)
+        size += n
+    return chunks
 
 
 def _event_row(

@@ -134,7 +134,7 @@ leader = sa.Table(
 nodes = sa.Table(
     "orchestrator_nodes",
     metadata,
-    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("name", ExactString(128), primary_key=True),
     sa.Column("nvml_supported", sa.Boolean(), nullable=False),
     sa.Column("mps_enabled", sa.Boolean(), nullable=False),
     sa.Column("mps", sa.Text(), nullable=True),  # JSON: what was seen of MPS
@@ -149,7 +149,7 @@ nodes = sa.Table(
 gpus = sa.Table(
     "orchestrator_gpus",
     metadata,
-    sa.Column("node", sa.String(128), primary_key=True),
+    sa.Column("node", ExactString(128), primary_key=True),
     sa.Column("idx", sa.Integer(), primary_key=True, autoincrement=False),
     sa.Column("uuid", sa.String(96), nullable=True),
     sa.Column("name", sa.String(128), nullable=False),
@@ -176,9 +176,9 @@ leases = sa.Table(
     # The authenticated owner who answers for it (migration 0007).
     sa.Column("owner", ExactString(128), nullable=False, server_default="anonymous"),
     sa.Column("operation", sa.String(128), nullable=True),
-    sa.Column("model_id", sa.String(255), nullable=True),
+    sa.Column("model_id", ExactString(255), nullable=True),
     # Asked for (NULL: any node) while waiting; the node granted once active.
-    sa.Column("node", sa.String(128), nullable=True),
+    sa.Column("node", ExactString(128), nullable=True),
     sa.Column("devices", sa.String(255), nullable=True),  # JSON list of device indexes
     sa.Column("est_vram_mb", sa.Integer(), nullable=False),  # per device
     sa.Column("gpu_count", sa.Integer(), nullable=False),
@@ -219,7 +219,7 @@ usage = sa.Table(
     sa.Column("type", sa.String(128), nullable=True),  # the lease's operation (a job's type)
     sa.Column("job_id", sa.String(36), nullable=True),
     sa.Column("attempt", sa.Integer(), nullable=True),
-    sa.Column("node", sa.String(128), nullable=True),
+    sa.Column("node", ExactString(128), nullable=True),
     sa.Column("gpu_count", sa.Integer(), nullable=False),
     sa.Column("est_vram_mb", sa.Integer(), nullable=False),  # per device
     sa.Column("peak_vram_mb", sa.Integer(), nullable=True),  # per device, when reported
@@ -255,9 +255,9 @@ worker_pools = sa.Table(
     "worker_pools",
     metadata,
     sa.Column("name", sa.String(64), primary_key=True),
-    sa.Column("node", sa.String(128), nullable=True),  # NULL: any node's supervisor
+    sa.Column("node", ExactString(128), nullable=True),  # NULL: any node's supervisor
     sa.Column("job_types", sa.Text(), nullable=False),  # JSON list
-    sa.Column("model_id", sa.String(255), nullable=True),
+    sa.Column("model_id", ExactString(255), nullable=True),
     sa.Column("concurrency", sa.Integer(), nullable=False),
     sa.Column("desired", sa.Integer(), nullable=False),
     sa.Column("running", sa.Integer(), nullable=False),
@@ -278,7 +278,7 @@ workers = sa.Table(
     "orchestrator_workers",
     metadata,
     sa.Column("id", sa.String(128), primary_key=True),
-    sa.Column("node", sa.String(128), nullable=False),
+    sa.Column("node", ExactString(128), nullable=False),
     sa.Column("pool", sa.String(64), nullable=True),
     sa.Column("pid", sa.Integer(), nullable=True),
     sa.Column("job_types", sa.Text(), nullable=False),  # JSON list
@@ -304,7 +304,7 @@ model_preloads = sa.Table(
     # queued | loading | done | failed
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("job_id", sa.String(36), nullable=True),
-    sa.Column("node", sa.String(128), nullable=True),
+    sa.Column("node", ExactString(128), nullable=True),
     sa.Column("error", sa.Text(), nullable=True),
     sa.Column("requested_at", Timestamp, nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),
@@ -316,7 +316,7 @@ model_preloads = sa.Table(
 warm_models = sa.Table(
     "orchestrator_warm_models",
     metadata,
-    sa.Column("node", sa.String(128), primary_key=True),
+    sa.Column("node", ExactString(128), primary_key=True),
     sa.Column("model_id", ExactString(255), primary_key=True),
     sa.Column("worker_id", sa.String(128), nullable=True),
     sa.Column("size_bytes", sa.BigInteger(), nullable=True),
@@ -350,7 +350,7 @@ gpu_faults = sa.Table(
     "orchestrator_gpu_faults",
     metadata,
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
-    sa.Column("node", sa.String(128), nullable=False),
+    sa.Column("node", ExactString(128), nullable=False),
     sa.Column("idx", sa.Integer(), nullable=False),
     sa.Column("kind", sa.String(16), nullable=False),  # nvml | xid | oom
     sa.Column("detail", sa.Text(), nullable=True),
@@ -365,7 +365,7 @@ gpu_faults = sa.Table(
 gpu_quarantines = sa.Table(
     "orchestrator_gpu_quarantines",
     metadata,
-    sa.Column("node", sa.String(128), primary_key=True),
+    sa.Column("node", ExactString(128), primary_key=True),
     sa.Column("idx", sa.Integer(), primary_key=True),
     sa.Column("reason", sa.Text(), nullable=False),
     sa.Column("since", Timestamp, nullable=False),
@@ -394,7 +394,7 @@ agents = sa.Table(
 model_evictions = sa.Table(
     "orchestrator_model_evictions",
     metadata,
-    sa.Column("node", sa.String(128), primary_key=True),
+    sa.Column("node", ExactString(128), primary_key=True),
     sa.Column("model_id", ExactString(255), primary_key=True),
     sa.Column("requested_at", Timestamp, nullable=False),
     sa.Column("requested_by", sa.String(128), nullable=False),

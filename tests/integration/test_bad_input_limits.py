@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from orchestrator.gpu import SimulatedProbe
+from orchestrator.input_limits import MAX_BATCH_SIZE
 from tests.integration.harness import System
 
 LIMITS: dict[str, Any] = {
@@ -121,3 +122,16 @@ def test_list__page_size_is_capped_at_the_limit(limited: System) -> None:
     assert len(leases["leases"]) == LIMITS["max_page_size"]
     for path in ["/dlq", "/workers"]:
         assert limited.client.get(path, params=huge).status_code == 200
+
+
+def test_submit_batch__over_the_schema_bound_is_refused_before_any_job_is_read(
+    system: System,
+) -> None:
+    # Jobs that are each invalid: had any been validated, the errors would name them.
+    jobs = [{"type": 1}] * (MAX_BATCH_SIZE + 1)
+    before = system.snapshot()
+    response = system.client.post("/jobs/submit_batch", json={"jobs": jobs})
+    assert response.status_code == 422, response.text
+    details = response.json()["details"]
+    assert [(d["loc"], d["type"]) for d in details] == [(["body", "jobs"], "too_long")], details[:3]
+    assert system.snapshot() == before

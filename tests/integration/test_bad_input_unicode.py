@@ -181,3 +181,28 @@ def test_pools__model_id_that_no_preload_could_warm_is_refused(system: System) -
     for model_id in ["m\U0001f680", "../etc", "a//b", " m"]:
         body = {"name": "p1", "job_types": ["echo"], "model_id": model_id}
         _refused(system, "POST", "/pools", json=body)
+
+
+def test_agents__control_characters_in_register_and_evict_refused(system: System) -> None:
+    # C0, DEL and C1 (category Cc, as the names of leases): these are logged and tabled.
+    good = {"agent": "a1", "version": "1.0 beta \u00e9", "capabilities": ["text gen"]}
+    assert system.client.post("/agents/register", json=good).status_code == 200
+    for raw in [
+        rb'{"agent": "a\u007f", "version": "1"}',
+        rb'{"agent": "a\u0085", "version": "1"}',
+        rb'{"agent": "a1", "version": "1\nINFO forged log line"}',
+        rb'{"agent": "a1", "version": "1\u009b2J"}',
+        rb'{"agent": "a1", "version": "\u001b[2J"}',
+        rb'{"agent": "a1", "version": "1", "capabilities": ["gen\u0000"]}',
+        rb'{"agent": "a1", "version": "1", "capabilities": ["ok", "x\u0090"]}',
+    ]:
+        _refused(system, "POST", "/agents/register", content=raw, headers=JSON)
+    (agent,) = system.client.get("/agents").json()["agents"]
+    assert (agent["version"], agent["capabilities"]) == (good["version"], good["capabilities"])
+    for raw in [
+        rb'{"model_id": "m", "node": "n\u0000"}',
+        rb'{"model_id": "m", "node": "n\u007f"}',
+        rb'{"model_id": "m", "node": "n\u009f"}',
+        rb'{"model_id": "m", "node": "n\r\nx"}',
+    ]:
+        _refused(system, "POST", "/models/evict", status=422, content=raw, headers=JSON)

@@ -4,12 +4,14 @@ job finishes exactly once on the real MariaDB + Redis."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.integration.backends import real_database, real_redis_prefix
+from tests.integration.backends import MARIADB_URL, REDIS_URL, real_database, real_redis_prefix
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,7 +23,9 @@ def test_bench__reduced_run_finishes_every_job_exactly_once(tmp_path: Path) -> N
     with real_database(), real_redis_prefix():
         pass
     out = tmp_path / "bench.json"
-    run = subprocess.run(
+    # Its own process group, so a timeout kills the bench and whatever it started (its
+    # children also die with it: bench/env.py), and the servers the checks above found.
+    bench = subprocess.Popen(
         [
             str(ROOT / "scripts" / "bench"),
             "--jobs",
@@ -33,10 +37,23 @@ def test_bench__reduced_run_finishes_every_job_exactly_once(tmp_path: Path) -> N
             str(out),
         ],
         cwd=ROOT,
-        capture_output=True,
+        env={
+            **os.environ,
+            "ORCH_BENCH_MARIADB_URL": MARIADB_URL,
+            "ORCH_BENCH_REDIS_URL": REDIS_URL,
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=90,
+        start_new_session=True,
     )
+    try:
+        stdout, stderr = bench.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(bench.pid, signal.SIGKILL)
+        stdout, stderr = bench.communicate()
+        pytest.fail(f"the bench took over 90 s:\n{stdout}{stderr}")
+    run = subprocess.CompletedProcess(bench.args, bench.returncode, stdout, stderr)
     assert run.returncode == 0, run.stdout + run.stderr
     figures = json.loads(out.read_text())
     (e2e,) = figures["e2e"]
@@ -49,6 +66,9 @@ def test_bench__reduced_run_finishes_every_job_exactly_once(tmp_path: Path) -> N
         "started_events": 500,
         "duplicate_completions": 0,
         "rejected_results": 0,
+        "pending_entries": 0,
+        "stream_entries": 0,
+        "handler_runs": 500,
         "exactly_once": True,
     }
     assert e2e["jobs_per_s"] > 0

@@ -11,9 +11,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from orchestrator.api.security import route_access
 from orchestrator.auth import Role
+from orchestrator.errors import StoreUnavailable
 from orchestrator.fleet import WorkerRegistration, WorkerStatus
 from orchestrator.gpu import SimulatedProbe
 from orchestrator.leases import LeaseRequest
@@ -301,3 +303,30 @@ def test_open_api__with_tokens_the_bearer_token_is_the_guard(tenants: Tenants) -
     headers = {**alice.headers, "host": "orchestrator.example", "origin": "https://ui.example"}
     response = system.client.post(f"/jobs/{job_id}/cancel", headers=headers)
     assert response.json()["status"] == "cancelled"
+
+
+def _database_down(kind: str) -> Callable[..., Any]:
+    def fail(*_args: Any, **_kwargs: Any) -> Any:
+        if kind == "store":
+            raise StoreUnavailable("database error: down")
+        # What the driver raises: the store turns it into StoreUnavailable.
+        raise sa.exc.OperationalError("SELECT 1", {}, Exception("(2003) can't connect"))
+
+    return fail
+
+
+@pytest.mark.parametrize("kind", ["store", "driver"])
+def test_open_api__a_database_outage_is_a_503_not_a_500(
+    system: System, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    auth = system.services.auth
+    auth._enabled_checked = None  # the guard looks the tokens up on this request
+    if kind == "store":
+        monkeypatch.setattr(auth.store, "count_tokens", _database_down(kind))
+    else:
+        monkeypatch.setattr(system.store.engine, "connect", _database_down(kind))
+    response = system.client.get("/jobs", headers={"host": "127.0.0.1"})
+    assert response.status_code == 503, response.text
+    error = response.json()
+    assert error["error"] == "database_unavailable", error
+    assert error["message"].startswith("database error: "), error

@@ -89,6 +89,15 @@ BAD_POOLS: list[tuple[str, Any]] = [
 ]
 
 
+def test_pools__node_names_compare_exactly_on_every_backend(system: System) -> None:
+    # MariaDB's default collation would make `Node-1` and `node-1` one node (migration 0011).
+    create(system, name="upper", node="Node-1")
+    create(system, name="lower", node="node-1")
+    for node, names in (("Node-1", ["upper"]), ("node-1", ["lower"]), ("NODE-1", [])):
+        listed = system.client.get("/pools", params={"node": node}).json()["pools"]
+        assert [p["name"] for p in listed] == names, node
+
+
 @pytest.mark.parametrize(("case", "body"), BAD_POOLS, ids=[c[0] for c in BAD_POOLS])
 def test_create_pool__bad_input_rejected_and_nothing_written(
     system: System, case: str, body: Any

@@ -31,7 +31,9 @@ class Writer:
         return [i * 10 for i in items]
 
 
-def _run_concurrently(group: GroupCommit[int, int], writer: Writer, items: list[int]) -> dict:
+def _run_concurrently(
+    group: GroupCommit[int, int], writer: Writer, items: list[int]
+) -> dict[int, object]:
     results: dict[int, object] = {}
 
     def call(i: int) -> None:
@@ -40,10 +42,11 @@ def _run_concurrently(group: GroupCommit[int, int], writer: Writer, items: list[
         except Exception as exc:
             results[i] = exc
 
-    first = threading.Thread(target=call, args=(items[0],))
+    # Daemons: a caller that never returns fails the test instead of hanging the run.
+    first = threading.Thread(target=call, args=(items[0],), daemon=True)
     first.start()
     assert writer.entered.wait(5)
-    rest = [threading.Thread(target=call, args=(i,)) for i in items[1:]]
+    rest = [threading.Thread(target=call, args=(i,), daemon=True) for i in items[1:]]
     for t in rest:
         t.start()
     while len(group._queue) < len(rest):  # all queued behind the first write
@@ -97,3 +100,16 @@ def test_group_commit__error_reaches_a_lone_caller() -> None:
     writer.release.set()
     with pytest.raises(StoreUnavailable):
         GroupCommit(writer)(1)
+
+
+def test_group_commit__a_writer_returning_the_wrong_count_fails_every_item_it_was_given() -> None:
+    class Short(Writer):
+        def __call__(self, items: Sequence[int]) -> list[int]:
+            return super().__call__(items)[:1]
+
+    writer = Short()
+    group: GroupCommit[int, int] = GroupCommit(writer)
+    results = _run_concurrently(group, writer, [1, 2, 3])
+    assert results[1] == 10  # alone: one result, as it should be
+    assert isinstance(results[2], RuntimeError) and isinstance(results[3], RuntimeError)
+    assert len(writer.groups) == 2  # and nobody loops writing empty groups

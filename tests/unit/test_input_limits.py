@@ -24,6 +24,9 @@ from orchestrator.settings import Settings
         ({"retry_backoff_base_s": 10, "retry_backoff_max_s": 1}, "retry_backoff_base_s"),
         # Wider than the columns hold, or than any sane page or batch.
         ({"max_idempotency_key_length": 256}, "less than or equal to 255"),
+        # One statement must fit MariaDB's MEDIUMTEXT and max_allowed_packet (16 MiB).
+        ({"max_payload_bytes": 16 << 20}, "less than or equal to 4194304"),
+        ({"max_result_bytes": 16 << 20}, "less than or equal to 4194304"),
         ({"max_name_length": 129}, "less than or equal to 128"),
         ({"max_page_size": 0}, "greater than or equal to 1"),
         ({"max_page_size": 10**6}, "less than or equal to 10000"),

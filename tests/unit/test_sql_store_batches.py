@@ -3,9 +3,14 @@ same outcome, fencing and audit trail as one at a time."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
 from orchestrator.clock import FakeClock
 from orchestrator.jobs import Dispatch, JobStatus, Priority
-from orchestrator.store import SqlStore
+from orchestrator.store import SqlStore, sql_batches
 
 from .store_helpers import WORKER, Submitter, claim, current, dispatch_of, event_names
 
@@ -73,3 +78,49 @@ def test_complete_jobs__a_second_completion_of_the_same_claim_is_fenced(
     assert [o.status for o in outcomes] == [JobStatus.DONE, None, JobStatus.DONE]
     assert current(store, a.id).result == 1
     assert event_names(store, a.id).count("completed") == 1
+
+
+@pytest.mark.parametrize("stale_first", [True, False])
+def test_claim_jobs__a_stale_attempt_next_to_the_current_one_does_not_take_its_claim(
+    store: SqlStore, clock: FakeClock, submit: Submitter, stale_first: bool
+) -> None:
+    retried, other = submit(max_attempts=3), submit()
+    store.fail_job(claim(store, clock, retried), "boom", clock.now(), 0.0)  # attempt 2 is due
+    stale, valid = dispatch_of(retried, attempt=1), dispatch_of(retried, attempt=2)
+    pair = [stale, valid] if stale_first else [valid, stale]
+    group = [*pair, dispatch_of(other)]
+    claims = store.claim_jobs(group, WORKER, clock.now())
+    by_dispatch = dict(zip(map(id, group), claims, strict=True))
+    assert by_dispatch[id(stale)] is None
+    won = by_dispatch[id(valid)]
+    assert won is not None and won.attempt == 2 and won.job.id == retried.id
+    assert claims[2] is not None and claims[2].job.id == other.id  # order kept
+    assert current(store, retried.id).attempts == 2
+
+
+def test_complete_jobs__statements_stay_within_the_packet_budget(
+    store: SqlStore, clock: FakeClock, submit: Submitter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sql_batches, "MAX_STATEMENT_RESULT_BYTES", 2500)
+    jobs_ = [submit() for _ in range(5)]
+    claims = [claim(store, clock, j) for j in jobs_]
+    results = [{"blob": "x" * 1000, "n": n} for n in range(4)] + [{"big": "y" * 3000}]
+    sizes: list[int] = []
+
+    def measure(
+        conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool
+    ) -> None:
+        if statement.lstrip().upper().startswith("UPDATE ORCHESTRATOR_JOBS"):
+            values = params if isinstance(params, (list, tuple)) else list(params.values())
+            sizes.append(sum(len(v) for v in values if isinstance(v, str) and len(v) > 500))
+
+    sa.event.listen(store.engine, "before_cursor_execute", measure)
+    try:
+        outcomes = store.complete_jobs(list(zip(claims, results, strict=True)), clock.now())
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", measure)
+    assert [o.status for o in outcomes] == [JobStatus.DONE] * 5
+    assert [o.job.result for o in outcomes if o.job] == results
+    assert [current(store, j.id).result for j in jobs_] == results
+    # Two results per statement, and the one past the budget alone.
+    assert len(sizes) == 3 and max(sizes[:2]) <= 2500 and sizes[2] > 2500
