@@ -160,21 +160,25 @@ class Authenticator:
 
     def enabled(self) -> bool:
         """Whether any token exists, so callers must present one."""
+        known = self.enabled_cached()
+        if known is not None:
+            return known
+        now = self.clock.now()
+        exists = self.store.count_tokens() > 0
+        with self._lock:
+            self._enabled = self._enabled or exists
+            self._enabled_checked = now
+        return self._enabled
+
+    def enabled_cached(self) -> bool | None:
+        """`enabled()` while it needs no lookup (on, or checked within the ttl); else None."""
         if self._enabled:
             return True
         now = self.clock.now()
         with self._lock:
-            fresh = self._enabled_checked is not None and now - self._enabled_checked < self.ttl
-        if not fresh:
-            exists = self.store.count_tokens() > 0
-            with self._lock:
-                self._enabled = self._enabled or exists
-                self._enabled_checked = now
-        return self._enabled
-
-    def enabled_known(self) -> bool:
-        """Whether authentication is known to be on, without looking anything up."""
-        return self._enabled
+            if self._enabled_checked is not None and now - self._enabled_checked < self.ttl:
+                return self._enabled
+        return None
 
     def authenticate(
         self, bearer: str | None, check: Callable[[Principal], None] | None = None
@@ -182,37 +186,82 @@ class Authenticator:
         """The caller of a request with this bearer token (None: no Authorization header).
         Raises `Unauthenticated`. `check` (the route's role check) runs before the token's
         use is recorded, so a refused request (403) writes nothing."""
-        if not self.enabled():
+        principal = self._authenticate(bearer, check, offline=False)
+        assert principal is not None
+        return principal
+
+    def authenticate_cached(
+        self, bearer: str | None, check: Callable[[Principal], None] | None = None
+    ) -> Principal | None:
+        """`authenticate`, when it can answer from memory (no lookup, no write due); None
+        when it would need the store (call `authenticate` then, off the event loop). It
+        raises as `authenticate` would, and a None has recorded nothing."""
+        return self._authenticate(bearer, check, offline=True)
+
+    def _authenticate(
+        self, bearer: str | None, check: Callable[[Principal], None] | None, *, offline: bool
+    ) -> Principal | None:
+        enabled = self.enabled_cached() if offline else self.enabled()
+        if enabled is None:
+            return None
+        if not enabled:
             if check is not None:
                 check(OPEN_PRINCIPAL)
             return OPEN_PRINCIPAL
         if not bearer:
             raise Unauthenticated("this API needs a bearer token (Authorization: Bearer ...)")
-        token = self._lookup(hash_token(bearer))
+        digest = hash_token(bearer)
+        if offline:
+            cached = self._cached(digest)
+            if cached is None:
+                return None
+            token = cached[0]
+        else:
+            token = self._lookup(digest)
         if token is None:
             raise Unauthenticated("the bearer token is unknown or revoked")
         principal = Principal(owner=token.owner, role=token.role, token_id=token.id)
         if check is not None:
             check(principal)
-        self._touch(token)
+        if offline:
+            if self._touch_due(token, self.clock.now()):
+                return None
+        else:
+            self._touch(token)
         return principal
 
-    def _lookup(self, digest: str) -> ApiToken | None:
+    def _cached(self, digest: str) -> tuple[ApiToken | None] | None:
+        """What `_lookup` answers, while it needs no query: (token or None,); else None."""
         configured = self.configured.get(digest)
         if configured is not None:
-            return configured
+            return (configured,)
         now = self.clock.now()
         with self._lock:
             cached = self._cache.get(digest)
         if cached is not None and now - cached[1] < self.ttl:
             token = cached[0]
-        else:
-            token = self.store.find_token(digest)
-            with self._lock:
-                if len(self._cache) >= CACHE_MAX:
-                    self._cache.clear()
-                self._cache[digest] = (token, now)
+            return (None if token is None or token.revoked_at is not None else token,)
+        return None
+
+    def _lookup(self, digest: str) -> ApiToken | None:
+        cached = self._cached(digest)
+        if cached is not None:
+            return cached[0]
+        now = self.clock.now()
+        token = self.store.find_token(digest)
+        with self._lock:
+            if len(self._cache) >= CACHE_MAX:
+                self._cache.clear()
+            self._cache[digest] = (token, now)
         return None if token is None or token.revoked_at is not None else token
+
+    def _touch_due(self, token: ApiToken, now: datetime) -> bool:
+        """Whether `_touch` would write this token's last use (the caller holds no lock)."""
+        if token.id.startswith("env-"):
+            return False  # configured tokens have no row
+        with self._lock:
+            last = self._touched.get(token.id) or token.last_used_at
+        return last is None or now - last >= TOUCH_EVERY
 
     def _touch(self, token: ApiToken) -> None:
         if token.id.startswith("env-"):

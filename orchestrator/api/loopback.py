@@ -103,9 +103,11 @@ class LoopbackGuard:
 
     async def _auth_enabled(self) -> bool:
         # Once on, it stays on and costs nothing; until then it may look the database up
-        # (once per ORCH_AUTH_CACHE_TTL_S): off the event loop.
-        if self.auth.enabled_known():
-            return True
+        # (once per ORCH_AUTH_CACHE_TTL_S): off the event loop. Between lookups the answer
+        # is in memory: no thread-pool round trip for it.
+        known = self.auth.enabled_cached()
+        if known is not None:
+            return known
         return await run_in_threadpool(self.auth.enabled)
 
 

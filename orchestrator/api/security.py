@@ -19,6 +19,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 from starlette.routing import BaseRoute
 
 from orchestrator.auth import OPEN_PRINCIPAL, Authenticator, Principal, Role
@@ -54,10 +55,16 @@ class Access:
                 allowed=sorted(r.value for r in self.roles),
             )
 
-    def __call__(self, request: Request, credentials: Credentials) -> Principal:
-        return authenticator(request).authenticate(
-            credentials.credentials if credentials else None, self.check
-        )
+    async def __call__(self, request: Request, credentials: Credentials) -> Principal:
+        # On the event loop while the answer is in memory (nearly every request); on the
+        # thread pool when it needs the store (a lookup, or a token's last use to record).
+        # A sync dependency would cost every request a thread-pool round trip.
+        auth = authenticator(request)
+        bearer = credentials.credentials if credentials else None
+        principal = auth.authenticate_cached(bearer, self.check)
+        if principal is None:
+            principal = await run_in_threadpool(auth.authenticate, bearer, self.check)
+        return principal
 
 
 class _Public(Access):
@@ -66,7 +73,7 @@ class _Public(Access):
     def describe(self) -> str:
         return "open"
 
-    def __call__(self, request: Request, credentials: Credentials) -> Principal:
+    async def __call__(self, request: Request, credentials: Credentials) -> Principal:
         return OPEN_PRINCIPAL
 
 
@@ -79,10 +86,10 @@ class _Metrics(Access):
     def describe(self) -> str:
         return "open, or any role with ORCH_METRICS_REQUIRE_TOKEN"
 
-    def __call__(self, request: Request, credentials: Credentials) -> Principal:
+    async def __call__(self, request: Request, credentials: Credentials) -> Principal:
         if not request.app.state.services.settings.metrics_require_token:
             return OPEN_PRINCIPAL
-        return super().__call__(request, credentials)
+        return await super().__call__(request, credentials)
 
 
 PUBLIC: Access = _Public()

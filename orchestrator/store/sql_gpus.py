@@ -17,6 +17,20 @@ from orchestrator.store.codec import dumps, loads
 from orchestrator.store.sql_base import SqlBase
 from orchestrator.store.tables import gpu_quarantines, gpus, nodes, policies
 
+# Every admission pass (each lease request and release that serves the queue, the sweep)
+# runs these: built once, like `sql_base._JOB_BY_ID`, the SQL unchanged.
+_POLICY_LOCKED = sa.select(policies).where(policies.c.name == ADMISSION_POLICY).with_for_update()
+_q = gpu_quarantines
+_DEVICES = (
+    sa.select(gpus, _q.c.since.label("quarantined_since"), _q.c.reason.label("quarantine_reason"))
+    .select_from(
+        gpus.outerjoin(
+            _q, sa.and_(_q.c.node == gpus.c.node, _q.c.idx == gpus.c.idx, _q.c.cleared_at.is_(None))
+        )
+    )
+    .order_by(gpus.c.node, gpus.c.idx)
+)
+
 
 class SqlGpus(SqlBase):
     def report_node(
@@ -128,9 +142,7 @@ class SqlGpus(SqlBase):
     def _lock_policy(self, conn: Connection) -> tuple[AdmissionPolicy, int]:
         """Read the policy and lock its row: every admission decision takes this lock, so
         grants are serialised and never over-commit (SQLite: BEGIN IMMEDIATE already is)."""
-        row = conn.execute(
-            sa.select(policies).where(policies.c.name == ADMISSION_POLICY).with_for_update()
-        ).first()
+        row = conn.execute(_POLICY_LOCKED).first()
         return _policy_of(row._mapping if row else None)
 
 
@@ -142,17 +154,7 @@ def _policy_of(row: Mapping[Any, Any] | None) -> tuple[AdmissionPolicy, int]:
 
 def load_devices(conn: Connection) -> list[Device]:
     """Every device, with its quarantine (when not cleared): what admission judges."""
-    q = gpu_quarantines
-    query = (
-        sa.select(gpus, q.c.since.label("quarantined_since"), q.c.reason.label("quarantine_reason"))
-        .select_from(
-            gpus.outerjoin(
-                q, sa.and_(q.c.node == gpus.c.node, q.c.idx == gpus.c.idx, q.c.cleared_at.is_(None))
-            )
-        )
-        .order_by(gpus.c.node, gpus.c.idx)
-    )
-    return [device_from_row(r._mapping) for r in conn.execute(query)]
+    return [device_from_row(r._mapping) for r in conn.execute(_DEVICES)]
 
 
 def device_from_row(row: Mapping[Any, Any]) -> Device:

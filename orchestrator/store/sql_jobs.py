@@ -31,7 +31,7 @@ from orchestrator.jobs import (
 from orchestrator.store import dialect
 from orchestrator.store.base import JobPage, Submitted
 from orchestrator.store.codec import dumps, event_from_row, job_from_row
-from orchestrator.store.sql_base import SqlBase
+from orchestrator.store.sql_base import _JOB_BY_ID, SqlBase
 from orchestrator.store.tables import job_events, jobs, state
 
 S = JobStatus
@@ -239,7 +239,8 @@ class SqlJobs(SqlBase):
 
     def get_job(self, job_id: str) -> Job | None:
         with self._tx(write=False) as conn:
-            row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
+            # Built once (see `sql_base._JOB_BY_ID`): every GET /jobs/{id} and poll runs it.
+            row = conn.execute(_JOB_BY_ID, {"job_id": job_id}).first()
         return None if row is None else job_from_row(row._mapping)
 
     def list_jobs(

@@ -43,6 +43,9 @@ L = LeaseStatus
 # A waiter whose process died is timed out by the sweep this long after its deadline (the
 # waiter itself times out its request at the deadline).
 WAIT_GRACE_S = 2.0
+# Statements every lease request or release runs, built once (see `sql_base._JOB_BY_ID`).
+_INSERT_LEASE = leases.insert()
+_ANY_WAITING = sa.select(leases.c.token).where(leases.c.status == L.WAITING.value).limit(1)
 
 
 class SqlLeases(SqlGpus):
@@ -80,7 +83,7 @@ class SqlLeases(SqlGpus):
             expired = tuple(result.expired)
             if placement is not None:
                 lease = _activate(candidate, placement.node, placement.devices, now)
-                conn.execute(leases.insert().values(**lease_row(lease)))
+                conn.execute(_INSERT_LEASE, lease_row(lease))
                 return LeaseOutcome(lease, expired=expired)
             denial = result.denied[token]
             # A node that reports no GPU is not a queue to wait in (its worker would sit
@@ -89,7 +92,7 @@ class SqlLeases(SqlGpus):
             if request.wait_s <= 0 or denial.final or denial.unavailable or no_gpus_there:
                 return LeaseOutcome(None, denial, expired)
             waiting = _replace(candidate, wait_until=now + timedelta(seconds=request.wait_s))
-            conn.execute(leases.insert().values(**lease_row(waiting)))
+            conn.execute(_INSERT_LEASE, lease_row(waiting))
             return LeaseOutcome(waiting, denial, expired)
 
     def finish_wait(self, token: str, now: datetime, limits: Limits) -> LeaseOutcome:
@@ -266,9 +269,7 @@ class SqlLeases(SqlGpus):
             # (docs/benchmarks.md). The policy row is locked above either way, so a request
             # that queues meanwhile is served by its own admission after this commits.
             # (Leases past their expiry are left to the sweep, which expires them anyway.)
-            if conn.execute(
-                sa.select(leases.c.token).where(leases.c.status == L.WAITING.value).limit(1)
-            ).first():
+            if conn.execute(_ANY_WAITING).first():
                 self._grant(conn, self._serve(conn, now, limits, policy=policy), now)
             return _replace(lease, **{**values, "status": L.RELEASED})
 

@@ -144,6 +144,47 @@ def test_authenticate__a_refused_role_writes_no_last_used(
     assert store.list_tokens()[0].last_used_at is not None
 
 
+def test_authenticate_cached__answers_from_memory_or_defers_without_touching_the_store(
+    store: SqlStore, clock: FakeClock, tmp_path: Path
+) -> None:
+    # The API's dependency runs this on the event loop: None means "ask `authenticate` on
+    # a thread", and must have looked nothing up and written nothing.
+    counting = CountingStore(store)
+    auth = Authenticator(counting, Settings(data_dir=tmp_path, auth_cache_ttl_s=5), clock)  # type: ignore[arg-type]
+    assert auth.authenticate_cached(None) is None  # open or not: not checked yet
+    assert auth.authenticate(None).owner == "anonymous"
+    assert auth.authenticate_cached(None) == auth.authenticate(None)  # open, within the ttl
+    secret = _add(store, clock)
+    clock.advance(5)
+    assert auth.authenticate_cached(secret) is None  # the open answer went stale
+    with pytest.raises(Unauthenticated):
+        auth.authenticate(None)
+    with pytest.raises(Unauthenticated):
+        auth.authenticate_cached(None)  # on now, and known to be: refused in memory
+    assert auth.authenticate_cached(secret) is None  # its token not looked up yet
+    assert counting.calls.count("touch_tokens") == 0
+    first = auth.authenticate(secret)
+    assert counting.calls.count("touch_tokens") == 1
+    calls = len(counting.calls)
+    assert auth.authenticate_cached(secret) == first  # cached, its last use just written
+    assert len(counting.calls) == calls
+
+    with pytest.raises(Forbidden):  # the role check runs in memory too, writing nothing
+        auth.authenticate_cached(secret, lambda principal: _raise(Forbidden("no")))
+    clock.advance(61)  # a last use to record (and a stale cache entry): defer to a thread
+    assert auth.authenticate_cached(secret) is None
+    assert len(counting.calls) == calls
+    store.revoke_token(store.list_tokens()[0].id, clock.now())
+    with pytest.raises(Unauthenticated):
+        auth.authenticate(secret)
+    with pytest.raises(Unauthenticated, match="unknown or revoked"):
+        auth.authenticate_cached(secret)  # the revocation, once seen, is cached too
+
+
+def _raise(exc: Exception) -> None:
+    raise exc
+
+
 def test_new_token__the_anonymous_owner_is_reserved(clock: FakeClock) -> None:
     with pytest.raises(InvalidRequest, match="reserved"):
         new_token(Role.ADMIN, "anonymous", clock.now())
