@@ -87,10 +87,15 @@ def _drain(jobs: int, concurrency: int, grouped: bool) -> dict[str, Any]:
 
 def _call_directly(worker: Worker, store: SqlStore, streams: RedisStreams) -> None:
     """Swaps the worker's group-commit callables for the calls they replaced."""
-    w: Any = worker  # the groups' attributes are typed as GroupCommit
-    outcomes: Any = worker.outcomes
-    w._claims = lambda d: store.claim_job(d, worker.id, worker.clock.now())
-    outcomes._completions = lambda item: store.complete_job(item[0], item[1], worker.clock.now())
+    w: Any = worker
+    outcomes: Any = worker.outcomes  # its groups' attributes are typed as GroupCommit
+    w._claim = lambda deliveries: [
+        store.claim_job(d.dispatch, worker.id, worker.clock.now()) for d in deliveries
+    ]
+    outcomes._completions = lambda item: (
+        store.complete_job(item[0], item[1], worker.clock.now()),
+        False,  # not acked: the ack follows, on its own
+    )
     outcomes._acks = lambda delivery: streams.ack([delivery])
 
 

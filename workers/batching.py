@@ -22,13 +22,18 @@ MAX_GROUP = 64
 
 
 class _Pending(Generic[T, R]):
-    __slots__ = ("done", "error", "item", "result")
+    __slots__ = ("done", "error", "item", "lead", "result", "woken")
 
     def __init__(self, item: T) -> None:
         self.item = item
         self.done = False
+        self.lead = False  # the next group is this caller's to write
         self.result: R | None = None
         self.error: BaseException | None = None
+        # Held until this caller is woken: it waits on its own lock, so finishing a group
+        # wakes only that group's callers and the next writer, never every waiting slot.
+        self.woken = threading.Lock()
+        self.woken.acquire()
 
 
 class GroupCommit(Generic[T, R]):
@@ -46,32 +51,43 @@ class GroupCommit(Generic[T, R]):
         self._write = write
         self._shared = shared
         self._max = max(1, max_group)
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._queue: list[_Pending[T, R]] = []
         self._busy = False
 
     def __call__(self, item: T) -> R:
         mine: _Pending[T, R] = _Pending(item)
-        with self._cond:
+        with self._lock:
             self._queue.append(mine)
-        while True:
-            with self._cond:
-                while self._busy and not mine.done:
-                    self._cond.wait()
-                if mine.done:
-                    break
-                self._busy = True
-                group = self._queue[: self._max]
-                del self._queue[: self._max]
-            try:
-                self._write_group(group)
-            finally:
-                with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
+            leads = not self._busy
+            self._busy = True
+        if not leads:
+            mine.woken.acquire()  # until done, or until the next group is ours to write
+        if not mine.done:
+            self._lead()
         if mine.error is not None:
             raise mine.error
         return mine.result  # type: ignore[return-value]
+
+    def _lead(self) -> None:
+        """Write the next group (ours is in it: it is first in the queue), wake its callers,
+        then hand the writing on to the first caller still waiting, if any."""
+        with self._lock:
+            group = self._queue[: self._max]
+            del self._queue[: self._max]
+        try:
+            self._write_group(group)
+        finally:
+            with self._lock:
+                following = self._queue[0] if self._queue else None
+                if following is None:
+                    self._busy = False
+                else:
+                    following.lead = True
+            for p in group:
+                p.woken.release()
+            if following is not None:
+                following.woken.release()
 
     def _write_group(self, group: list[_Pending[T, R]]) -> None:
         error: BaseException | None = None

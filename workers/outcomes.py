@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
@@ -48,10 +48,10 @@ class OutcomeRecorder:
         self.clock = clock
         self.settings = settings
         self.observer = observer or WorkerObserver()  # told each outcome: `job_finished`
-        # Slots finishing at the same time share one commit, and their acks one round trip
-        # (workers/batching.py); each still returns only once its own write is done.
-        self._completions: GroupCommit[tuple[Claim, Any], Outcome] = GroupCommit(
-            lambda items: store.complete_jobs(items, clock.now()), shared=(Unavailable,)
+        # Slots finishing at the same time share one commit, then one ack round trip for
+        # what it committed (workers/batching.py); each returns once its own are done.
+        self._completions: GroupCommit[tuple[Claim, Any, Delivery], tuple[Outcome, bool]] = (
+            GroupCommit(self._complete_then_ack, shared=(Unavailable,))
         )
         self._acks: GroupCommit[Delivery, None] = GroupCommit(self._ack_all, shared=(Unavailable,))
 
@@ -67,8 +67,14 @@ class OutcomeRecorder:
                 if size > self.settings.max_result_bytes:
                     limit = self.settings.max_result_bytes
                     status, value = "error", f"result is {size} bytes; the limit is {limit}"
+        acked = [False]  # whether the completion's group acked the message too
+
+        def complete() -> Outcome:
+            outcome, acked[0] = self._completions((claim, value, delivery))
+            return outcome
+
         if status == "ok":
-            outcome = self.complete(claim, value)
+            outcome = self._record(claim, complete)
         else:
             error = {
                 "timeout": f"timed out after {claim.job.timeout_s:g}s",
@@ -78,16 +84,14 @@ class OutcomeRecorder:
         if outcome is None:
             return False
         _log(claim, outcome)
-        self.ack(delivery)
+        if not acked[0]:
+            self.ack(delivery)
         return True
 
     def retry_delay(self, claim: Claim) -> float:
         return retry_delay_s(
             claim.attempt, self.settings.retry_backoff_base_s, self.settings.retry_backoff_max_s
         )
-
-    def complete(self, claim: Claim, result: Any) -> Outcome | None:
-        return self._record(claim, lambda: self._completions((claim, result)))
 
     def fail(self, claim: Claim, error: str, retry_delay_s: float) -> Outcome | None:
         outcome = self._record(
@@ -111,13 +115,13 @@ class OutcomeRecorder:
                 )
         return outcome
 
-    def _record(self, claim: Claim, write: Any) -> Outcome | None:
+    def _record(self, claim: Claim, write: Callable[[], Outcome]) -> Outcome | None:
         """The outcome, or None if it could not be committed (the message is then left
         unacked, for the reclaimer)."""
         try:
             for attempt in _retrying():
                 with attempt:
-                    outcome: Outcome = write()
+                    outcome = write()
         except Unavailable as exc:
             logger.error(
                 "job %s attempt %d: could not record its outcome: %s",
@@ -148,6 +152,19 @@ class OutcomeRecorder:
                     "attempt": delivery.dispatch.attempt,
                 },
             )
+
+    def _complete_then_ack(
+        self, items: Sequence[tuple[Claim, Any, Delivery]]
+    ) -> list[tuple[Outcome, bool]]:
+        """Complete the group in one transaction; once it is committed, ack its messages in
+        one round trip. Whether they were acked goes with each outcome: an ack that failed
+        is retried by each caller on its own (`ack`), never the committed completion."""
+        outcomes = self.store.complete_jobs([(c, r) for c, r, _ in items], self.clock.now())
+        try:
+            self.streams.ack([d for _, _, d in items])
+        except Exception:  # retried, and reported if it still fails, by each caller's `ack`
+            return [(o, False) for o in outcomes]
+        return [(o, True) for o in outcomes]
 
     def _ack_all(self, deliveries: Sequence[Delivery]) -> list[None]:
         self.streams.ack(deliveries)

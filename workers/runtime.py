@@ -29,14 +29,13 @@ from orchestrator.errors import (
 )
 from orchestrator.fleet import WorkerRegistration
 from orchestrator.ids import new_token
-from orchestrator.jobs import Claim, Dispatch, retry_delay_s
+from orchestrator.jobs import Claim, retry_delay_s
 from orchestrator.lease_service import LeaseService
 from orchestrator.leases import Lease
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from orchestrator.store.codec import dumps
 from orchestrator.streams import Delivery, Streams
-from workers.batching import GroupCommit
 from workers.context import (
     JobCancelled,
     JobContext,
@@ -92,10 +91,6 @@ class Worker:
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{new_token()[:6]}"
         self.observer = observer or WorkerObserver()  # hooks: workers/observer.py
         self.outcomes = OutcomeRecorder(store, streams, self.clock, settings, self.observer)
-        # Slots that claim at the same time share one transaction (workers/batching.py).
-        self._claims: GroupCommit[Dispatch, Claim | None] = GroupCommit(
-            lambda ds: self.store.claim_jobs(ds, self.id, self.clock.now()), shared=(Unavailable,)
-        )
         self.node = settings.resolved_node_name()
         self.models = models
         self.affinity = affinity
@@ -128,7 +123,8 @@ class Worker:
         self._idle = self.concurrency
         self._buffer: list[tuple[int, int, Delivery]] = []
         self._seq = itertools.count()
-        self._work: queue.Queue[Delivery | None] = queue.Queue()
+        # What each slot runs next: a delivery and its claim (None: the claim failed).
+        self._work: queue.Queue[tuple[Delivery, Claim | None] | None] = queue.Queue()
         self._running: dict[str, Running] = {}  # by claim token
         self._outages: dict[type[Exception], str] = {}
         self._released: set[str] = set()  # tokens given back whose slot has not returned yet
@@ -249,9 +245,73 @@ class Worker:
         if self._stopping.is_set():
             return  # read while a stop came in: the drain puts these back, unstarted
         with self._cond:
-            while self._idle > 0 and self._buffer:
-                self._idle -= 1
-                self._work.put(heapq.heappop(self._buffer)[2])
+            taken = [
+                heapq.heappop(self._buffer)[2] for _ in range(min(self._idle, len(self._buffer)))
+            ]
+            self._idle -= len(taken)
+        if taken:
+            self._hand_out(taken)
+
+    def _hand_out(self, deliveries: list[Delivery]) -> None:
+        """Claim what the free slots will run, all in one transaction (one commit for as
+        many jobs as slots came free together), and give each slot its claim."""
+        try:
+            claims = self._claim(deliveries)
+        except Unavailable as exc:
+            # Not claimed: put them back for later rather than leave them pending here; wait
+            # a little first, or the same messages come straight back while the database is
+            # down.
+            self._note_outage(exc)
+            self._stopping.wait(CLAIM_RETRY_S)
+            self._requeue(deliveries)
+            self._free_slots(len(deliveries))
+            return
+        self._note_recovery(StoreUnavailable)
+        unclaimed = 0
+        for delivery, claim in zip(deliveries, claims, strict=True):
+            if isinstance(claim, BaseException):
+                # Left pending: redelivered after the visibility timeout, or reclaimed.
+                logger.error(
+                    "worker %s: could not claim job %s: %s",
+                    self.id,
+                    delivery.dispatch.job_id,
+                    claim,
+                    exc_info=claim,
+                    extra={
+                        "event": "slot_error",
+                        "job_id": delivery.dispatch.job_id,
+                        "attempt": delivery.dispatch.attempt,
+                    },
+                )
+                unclaimed += 1
+            else:
+                self._work.put((delivery, claim))
+        self._free_slots(unclaimed)
+
+    def _claim(self, deliveries: list[Delivery]) -> list[Claim | Exception | None]:
+        """One claim per delivery. An outage fails them all; any other error is taken as one
+        job's fault, and each is then claimed on its own, so one cannot fail the others."""
+        dispatches = [d.dispatch for d in deliveries]
+        try:
+            return list(self.store.claim_jobs(dispatches, self.id, self.clock.now()))
+        except Unavailable:
+            raise
+        except Exception as exc:  # reported by `_hand_out`, per job
+            if len(dispatches) == 1:
+                return [exc]
+        claims: list[Claim | Exception | None] = []
+        for dispatch in dispatches:
+            try:
+                claims.append(self.store.claim_job(dispatch, self.id, self.clock.now()))
+            except Exception as exc:  # reported by `_hand_out`, per job
+                claims.append(exc)
+        return claims
+
+    def _free_slots(self, n: int) -> None:
+        if n:
+            with self._cond:
+                self._idle += n
+                self._cond.notify_all()
 
     def _read(self, count: int, block_ms: int) -> list[Delivery]:
         try:
@@ -293,11 +353,12 @@ class Worker:
 
     def _slot(self) -> None:
         while True:
-            delivery = self._work.get()
-            if delivery is None:
+            work = self._work.get()
+            if work is None:
                 return
+            delivery, claim = work
             try:
-                self._process(delivery)
+                self._process(delivery, claim)
             except (Exception, JobInterrupted):
                 logger.exception(
                     "worker %s: failed to process a delivery",
@@ -313,18 +374,8 @@ class Worker:
                     self._idle += 1
                     self._cond.notify_all()
 
-    def _process(self, delivery: Delivery) -> None:
+    def _process(self, delivery: Delivery, claim: Claim | None) -> None:
         dispatch = delivery.dispatch
-        try:
-            claim = self._claims(dispatch)
-        except Unavailable as exc:
-            # Not claimed: put it back for later rather than leave it pending here; wait a
-            # little first, or the same message comes straight back while the database is down.
-            self._note_outage(exc)
-            self._stopping.wait(CLAIM_RETRY_S)
-            self._requeue([delivery])
-            return
-        self._note_recovery(StoreUnavailable)
         if claim is None:
             logger.debug(
                 "stale or duplicate delivery of job %s attempt %d: skipped",

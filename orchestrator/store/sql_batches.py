@@ -7,6 +7,7 @@ together pays one commit, not one per job (docs/benchmarks.md).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -30,9 +31,84 @@ S = JobStatus
 MAX_STATEMENT_RESULT_BYTES = 4 << 20
 
 
-def _by_id(values: Mapping[str, Any], column: Any) -> Any:
-    """A CASE on the job id: each row of a multi-row UPDATE gets its own value."""
-    return sa.case(values, value=jobs.c.id, else_=column)
+# The most attempts one statement of `claim_jobs` / `complete_jobs` names; a larger group
+# is written in chunks of this many, in the same transaction.
+MAX_ROWS = 64
+
+# The group statements, built once per group size (at most MAX_ROWS of each): building,
+# cache-keying and compiling a CASE of n rows per call cost more Python than the
+# statement's round trip (see `sql_base._JOB_BY_ID`). Values travel as bound parameters:
+# `id0`..`id{n-1}` and, per row, one name per column the CASE sets.
+_JOBS_BY_IDS_AND_TOKENS = sa.select(jobs).where(
+    jobs.c.id.in_(sa.bindparam("ids", expanding=True)),
+    jobs.c.claim_token.in_(sa.bindparam("tokens", expanding=True)),
+)
+_JOBS_BY_IDS_LOCKED = (
+    sa.select(jobs)
+    .where(jobs.c.id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(jobs.c.id)  # locked in id order, as every multi-row write here is: no deadlock
+    .with_for_update()
+)
+
+
+def _ids(n: int) -> list[Any]:
+    return [sa.bindparam(f"id{i}") for i in range(n)]
+
+
+def _by_id(n: int, name: str, otherwise: Any) -> Any:
+    """A CASE on the job id: row `id{i}` gets the bound value `{name}{i}`."""
+    return sa.case(
+        *[(key, sa.bindparam(f"{name}{i}")) for i, key in enumerate(_ids(n))],
+        value=jobs.c.id,
+        else_=otherwise,
+    )
+
+
+@functools.cache
+def _claim_update(n: int) -> sa.Update:
+    """`sql_attempts._CLAIM` for n jobs at once, each with its own attempt, band and token."""
+    return (
+        jobs.update()
+        .where(
+            jobs.c.id.in_(_ids(n)),
+            jobs.c.status.in_(CLAIMABLE_STATUSES),
+            jobs.c.attempts == _by_id(n, "prior", -1),
+            jobs.c.priority == _by_id(n, "band", -1),
+            jobs.c.available_at <= sa.bindparam("now"),
+        )
+        .values(
+            status=sa.case((jobs.c.gpu.is_(None), S.RUNNING.value), else_=S.CLAIMED.value),
+            attempts=jobs.c.attempts + 1,
+            worker_id=sa.bindparam("worker"),
+            claim_token=_by_id(n, "token", jobs.c.claim_token),
+            heartbeat_at=sa.bindparam("now"),
+            started_at=sa.bindparam("now"),
+            updated_at=sa.bindparam("now"),
+        )
+    )
+
+
+@functools.cache
+def _complete_update(n: int) -> sa.Update:
+    return (
+        jobs.update()
+        .where(jobs.c.id.in_(_ids(n)))
+        .values(
+            status=_by_id(n, "status", jobs.c.status),
+            result=_by_id(n, "result", jobs.c.result),
+            error=None,
+            finished_at=sa.bindparam("now"),
+            updated_at=sa.bindparam("now"),
+        )
+    )
+
+
+def _per_row(ids: Sequence[str], **columns: Sequence[Any]) -> dict[str, Any]:
+    """The bound values of a `_by_id` statement: `id{i}`, and `{name}{i}` per column."""
+    params = {f"id{i}": job_id for i, job_id in enumerate(ids)}
+    for name, values in columns.items():
+        params.update((f"{name}{i}", v) for i, v in enumerate(values))
+    return params
 
 
 class SqlBatches(SqlAttempts):
@@ -42,39 +118,37 @@ class SqlBatches(SqlAttempts):
         """`claim_job` for each dispatch, in one transaction; None where it would be None."""
         if len(dispatches) == 1:
             return [self.claim_job(dispatches[0], worker_id, now)]
+        if len(dispatches) > MAX_ROWS:
+            return [
+                claim
+                for i in range(0, len(dispatches), MAX_ROWS)
+                for claim in self.claim_jobs(dispatches[i : i + MAX_ROWS], worker_id, now)
+            ]
         if len({d.job_id for d in dispatches}) < len(dispatches):
             # A job named twice (the same message twice, or a stale attempt's message next
             # to the current one): only one-at-a-time claims give the claim to whichever
             # dispatch is valid, not to whichever came first. Rare, so simply slower.
             return [self.claim_job(d, worker_id, now) for d in dispatches]
-        first = {d.job_id: d for d in dispatches}
-        tokens = {job_id: new_token() for job_id in first}
+        ids = [d.job_id for d in dispatches]
+        tokens = {job_id: new_token() for job_id in ids}
         with self._tx(write=True) as conn:
             conn.execute(
-                jobs.update()
-                .where(
-                    jobs.c.id.in_(list(first)),
-                    jobs.c.status.in_(CLAIMABLE_STATUSES),
-                    jobs.c.attempts == _by_id({i: d.attempt - 1 for i, d in first.items()}, -1),
-                    jobs.c.priority == _by_id({i: int(d.priority) for i, d in first.items()}, -1),
-                    jobs.c.available_at <= now,
-                )
-                .values(
-                    status=sa.case((jobs.c.gpu.is_(None), S.RUNNING.value), else_=S.CLAIMED.value),
-                    attempts=jobs.c.attempts + 1,
-                    worker_id=worker_id,
-                    claim_token=_by_id(tokens, jobs.c.claim_token),
-                    heartbeat_at=now,
-                    started_at=now,
-                    updated_at=now,
-                )
+                _claim_update(len(ids)),
+                {
+                    **_per_row(
+                        ids,
+                        prior=[d.attempt - 1 for d in dispatches],
+                        band=[int(d.priority) for d in dispatches],
+                        token=list(tokens.values()),
+                    ),
+                    "now": now,
+                    "worker": worker_id,
+                },
             )
             rows = {
                 r.id: r._mapping
                 for r in conn.execute(
-                    sa.select(jobs).where(
-                        jobs.c.id.in_(list(first)), jobs.c.claim_token.in_(list(tokens.values()))
-                    )
+                    _JOBS_BY_IDS_AND_TOKENS, {"ids": ids, "tokens": list(tokens.values())}
                 )
             }
             claims: list[Claim | None] = []
@@ -105,15 +179,9 @@ class SqlBatches(SqlAttempts):
         """`complete_job` for each (claim, result), in one transaction."""
         if len(items) == 1:
             return [self.complete_job(items[0][0], items[0][1], now)]
-        ids = [claim.job.id for claim, _ in items]
+        ids = sorted({claim.job.id for claim, _ in items})
         with self._tx(write=True) as conn:
-            # Locked in id order, as every multi-row write here is: no deadlock between them.
-            locked = {
-                r.id: r._mapping
-                for r in conn.execute(
-                    sa.select(jobs).where(jobs.c.id.in_(ids)).order_by(jobs.c.id).with_for_update()
-                )
-            }
+            locked = {r.id: r._mapping for r in conn.execute(_JOBS_BY_IDS_LOCKED, {"ids": ids})}
             current: dict[str, tuple[Claim, str, JobStatus]] = {}  # result encoded once
             winner: dict[str, int] = {}  # the item that completes each job
             for index, (claim, result) in enumerate(items):
@@ -162,15 +230,15 @@ class SqlBatches(SqlAttempts):
     ) -> None:
         for chunk in _chunks_by_size(current):
             conn.execute(
-                jobs.update()
-                .where(jobs.c.id.in_(chunk))
-                .values(
-                    status=_by_id({i: current[i][2].value for i in chunk}, jobs.c.status),
-                    result=_by_id({i: current[i][1] for i in chunk}, jobs.c.result),
-                    error=None,
-                    finished_at=now,
-                    updated_at=now,
-                )
+                _complete_update(len(chunk)),
+                {
+                    **_per_row(
+                        chunk,
+                        status=[current[i][2].value for i in chunk],
+                        result=[current[i][1] for i in chunk],
+                    ),
+                    "now": now,
+                },
             )
         conn.execute(
             job_events.insert(),
@@ -190,12 +258,12 @@ class SqlBatches(SqlAttempts):
 
 def _chunks_by_size(current: Mapping[str, tuple[Claim, str, JobStatus]]) -> list[list[str]]:
     """The job ids in order, cut so each chunk's encoded results stay within
-    `MAX_STATEMENT_RESULT_BYTES` (a chunk of one may pass it)."""
+    `MAX_STATEMENT_RESULT_BYTES` (a chunk of one may pass it), and at most MAX_ROWS ids."""
     chunks: list[list[str]] = []
     size = 0
     for job_id, (_, encoded, _) in current.items():
         n = len(encoded.encode())
-        if not chunks or size + n > MAX_STATEMENT_RESULT_BYTES:
+        if not chunks or size + n > MAX_STATEMENT_RESULT_BYTES or len(chunks[-1]) == MAX_ROWS:
             chunks.append([])
             size = 0
         chunks[-1].append(job_id)

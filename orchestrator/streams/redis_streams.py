@@ -286,12 +286,17 @@ class RedisStreams:
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         if not deliveries:
             return
+        by_stream: dict[str, tuple[str, list[str]]] = {}
+        for d in deliveries:
+            by_stream.setdefault(d.stream, (self.keys.group(d.dispatch.type), []))[1].append(
+                d.entry_id
+            )
         with self._guard():
             pipe = self.client.pipeline(transaction=False)
-            for d in deliveries:
-                pipe.xack(d.stream, self.keys.group(d.dispatch.type), d.entry_id)
+            for stream, (group, entry_ids) in by_stream.items():
+                pipe.xack(stream, group, *entry_ids)
                 # Acked entries are deleted, so a stream holds only undelivered and pending ones.
-                pipe.xdel(d.stream, d.entry_id)
+                pipe.xdel(stream, *entry_ids)
             pipe.execute()
 
     def touch(self, consumer: str, deliveries: Sequence[Delivery]) -> None:
