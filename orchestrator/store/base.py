@@ -151,7 +151,8 @@ class JobStore(Protocol):
         ...
 
     def complete_jobs(self, items: Sequence[tuple[Claim, Any]], now: datetime) -> list[Outcome]:
-        """`complete_job` for each (claim, result), in one transaction."""
+        """`complete_job` for each (claim, result), in one transaction; the outcomes of a
+        group of more than one carry the status only, not the job."""
         ...
 
     def fail_job(self, claim: Claim, error: str, now: datetime, retry_delay_s: float) -> Outcome:
