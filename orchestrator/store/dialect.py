@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,17 @@ def _datetime(value: str | bytes) -> Any:
         return pymysql.converters.convert_datetime(value)
 
 
+def _escape_datetime(value: datetime, mapping: Any = None) -> str:
+    """pymysql's DATETIME encoder, by `isoformat` (in C) for the naive datetimes we write
+    (four per job submitted); an aware one keeps pymysql's rules (its zone is dropped)."""
+    if value.tzinfo is not None:
+        return str(pymysql.converters.escape_datetime(value, mapping))
+    return f"'{value.isoformat(' ')}'"
+
+
 _CONVERSIONS = {
     **pymysql.converters.conversions,
+    datetime: _escape_datetime,
     pymysql.constants.FIELD_TYPE.DATETIME: _datetime,
     pymysql.constants.FIELD_TYPE.TIMESTAMP: _datetime,
 }
@@ -135,6 +145,35 @@ def _sqlite_engine(url: sa.URL, busy_timeout_ms: int) -> Engine:
             conn.exec_driver_sql("BEGIN")
 
     return engine
+
+
+def insert_rows(conn: Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """`conn.execute(table.insert(), rows)`; on MariaDB without SQLAlchemy's per-value
+    processing. Every row must have the same keys, as for any executemany.
+
+    For a batch of 500 jobs that processing (one bind processor call and one dict entry
+    per value) was a fifth of the API's time; MariaDB's columns need none, since pymysql
+    escapes Python values itself. The SQL is the one SQLAlchemy compiles, and
+    `before_cursor_execute` listeners still see it. SQLite keeps the processing: its
+    DATETIME columns are strings in SQLAlchemy's format."""
+    if not rows:
+        return
+    if conn.dialect.name == "sqlite":
+        conn.execute(table.insert(), list(rows))
+        return
+    conn.exec_driver_sql(_insert_sql(conn.dialect, table, tuple(rows[0])), list(rows))
+
+
+_INSERTS: dict[tuple[str, str, tuple[str, ...]], str] = {}
+
+
+def _insert_sql(sql_dialect: sa.Dialect, table: sa.Table, keys: tuple[str, ...]) -> str:
+    cache_key = (sql_dialect.name, table.name, keys)
+    sql = _INSERTS.get(cache_key)
+    if sql is None:
+        statement = table.insert().values({k: sa.bindparam(k) for k in keys})
+        sql = _INSERTS[cache_key] = str(statement.compile(dialect=sql_dialect))
+    return sql
 
 
 def upsert(engine: Engine, table: sa.Table, values: dict[str, Any], key: str) -> sa.Executable:

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection
 
 from orchestrator.ids import new_token
 from orchestrator.jobs import ACTIVE_STATUSES, CLAIMABLE_STATUSES, Claim, Dispatch, JobStatus
+from orchestrator.store import dialect
 from orchestrator.store.base import Outcome
 from orchestrator.store.codec import dumps, job_from_row
 from orchestrator.store.sql_attempts import SqlAttempts
@@ -185,7 +186,7 @@ class SqlBatches(SqlAttempts):
                     )
                 )
             if events:
-                conn.execute(job_events.insert(), events)
+                dialect.insert_rows(conn, job_events, events)
         return claims
 
     def complete_jobs(self, items: Sequence[tuple[Claim, Any]], now: datetime) -> list[Outcome]:
@@ -238,8 +239,9 @@ class SqlBatches(SqlAttempts):
                     "now": now,
                 },
             )
-        conn.execute(
-            job_events.insert(),
+        dialect.insert_rows(
+            conn,
+            job_events,
             [
                 _event_row(
                     job_id,

@@ -71,11 +71,8 @@ class SqlJobs(SqlBase):
                 rows.append(row)
                 results.append(Submitted(job_from_row(row), created=True))
             if rows:
-                conn.execute(jobs.insert(), rows)
-                conn.execute(
-                    job_events.insert(),
-                    [_submitted_event(row, now) for row in rows],
-                )
+                dialect.insert_rows(conn, jobs, rows)
+                dialect.insert_rows(conn, job_events, [_submitted_event(row, now) for row in rows])
         return results
 
     def _existing_by_key(
