@@ -97,7 +97,7 @@ class JobSpec:
     timeout_s: float
     available_at: datetime
     idempotency_key: str | None
-    request_hash: str
+    request_hash: str | None  # what an idempotent retry is compared by; None without a key
     owner: str = "anonymous"
     gpu: GpuNeeds | None = None
 

@@ -119,8 +119,11 @@ class JobService:
         max_attempts = request.max_attempts or self.settings.default_max_attempts
         priority = Priority.from_label(request.priority)
         # Idempotency compares the request as sent (run_at already in UTC), not the server's
-        # defaults: a retry after a change of ORCH_DEFAULT_* must still match.
-        canonical = request.model_dump(mode="json", exclude_none=True)
+        # defaults: a retry after a change of ORCH_DEFAULT_* must still match. Without a key
+        # nothing is ever compared, so nothing is hashed.
+        digest = None
+        if request.idempotency_key is not None:
+            digest = request_hash(request.model_dump(mode="json", exclude_none=True))
         return JobSpec(
             type=request.type,
             payload=request.payload,
@@ -129,7 +132,7 @@ class JobService:
             timeout_s=timeout_s,
             available_at=available_at,
             idempotency_key=request.idempotency_key,
-            request_hash=request_hash(canonical),
+            request_hash=digest,
             owner=owner,
             gpu=request.gpu.needs() if request.gpu else None,
         )

@@ -184,6 +184,15 @@ class Settings(BaseSettings):
         2.0, gt=0, description="How often a worker heartbeats its running jobs."
     )
     read_block_ms: int = Field(1000, ge=1, description="How long a worker blocks on a read.")
+    claim_linger_ms: float = Field(
+        10.0,
+        ge=0,
+        le=1000,
+        description=(
+            "With half or more of a worker's slots busy, how long it may wait for more to come"
+            " free before claiming, so one transaction claims for several (0: never wait)."
+        ),
+    )
     shutdown_grace_s: float = Field(
         30.0, ge=0, description="How long a stopping worker lets running handlers finish."
     )

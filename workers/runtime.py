@@ -226,6 +226,16 @@ class Worker:
         with self._cond:
             while self._idle == 0 and not self._stopping.is_set():
                 self._cond.wait(0.5)
+            # With most slots busy, wait a moment for more to come free, so that one claim
+            # transaction serves several: the read side of group commit. Never longer than
+            # `claim_linger_ms`, and not at all when half the slots or more are free (an
+            # idle worker starts a job at once).
+            until = time.monotonic() + self.settings.claim_linger_ms / 1000
+            while 0 < self._idle < self.concurrency // 2 and not self._stopping.is_set():
+                left = until - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
             free = self._idle
         if self._stopping.is_set():
             return
