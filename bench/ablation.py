@@ -2,11 +2,11 @@
 one in-process worker drains N queued no-op jobs. Reports jobs/s and the database
 statements and commits per job (which, unlike time, do not depend on the machine's load).
 
-"single" replaces the three groups (claims, completions, acks) with direct calls
-(`store.claim_job`, `store.complete_job`, one `streams.ack` per delivery), as the worker
-made them before group commit: each slot's transaction on its own pool connection,
-concurrently with the others. (A group of at most one item would not do: it still lets
-only one slot write at a time, which understates the baseline.)"""
+"single" replaces the three groups (claims, completions, acks) with direct calls: one
+`store.claim_job` per delivery (in the read loop, one after another), and per slot one
+`store.complete_job` and one `streams.ack`, each on its own pool connection, concurrently
+with the other slots'. (A group of at most one item would not do for the completions: it
+still lets only one slot write at a time, which understates the baseline.)"""
 
 from __future__ import annotations
 
@@ -87,15 +87,12 @@ def _drain(jobs: int, concurrency: int, grouped: bool) -> dict[str, Any]:
 
 def _call_directly(worker: Worker, store: SqlStore, streams: RedisStreams) -> None:
     """Swaps the worker's group-commit callables for the calls they replaced."""
-    w: Any = worker
+    claims: Any = worker._claims
     outcomes: Any = worker.outcomes  # its groups' attributes are typed as GroupCommit
-    w._claim = lambda deliveries: [
+    claims._claim = lambda deliveries: [
         store.claim_job(d.dispatch, worker.id, worker.clock.now()) for d in deliveries
     ]
-    outcomes._completions = lambda item: (
-        store.complete_job(item[0], item[1], worker.clock.now()),
-        False,  # not acked: the ack follows, on its own
-    )
+    outcomes._completions = lambda item: store.complete_job(item[0], item[1], worker.clock.now())
     outcomes._acks = lambda delivery: streams.ack([delivery])
 
 

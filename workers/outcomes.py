@@ -63,10 +63,11 @@ class OutcomeRecorder:
         self.clock = clock
         self.settings = settings
         self.observer = observer or WorkerObserver()  # told each outcome: `job_finished`
-        # Slots finishing at the same time share one commit, then one ack round trip for
-        # what it committed (workers/batching.py); each returns once its own are done.
-        self._completions: GroupCommit[tuple[Claim, Any, Delivery], tuple[Outcome, bool]] = (
-            GroupCommit(self._complete_then_ack, shared=(Unavailable,))
+        # Slots finishing at the same time share one commit, and their acks one round trip
+        # (workers/batching.py); each still returns only once its own write is done. Two
+        # groups, not one: a Redis that stalls an ack must not hold up the next commit.
+        self._completions: GroupCommit[tuple[Claim, Any], Outcome] = GroupCommit(
+            lambda items: store.complete_jobs(items, clock.now()), shared=(Unavailable,)
         )
         self._acks: GroupCommit[Delivery, None] = GroupCommit(self._ack_all, shared=(Unavailable,))
 
@@ -82,14 +83,8 @@ class OutcomeRecorder:
                 if size > self.settings.max_result_bytes:
                     limit = self.settings.max_result_bytes
                     status, value = "error", f"result is {size} bytes; the limit is {limit}"
-        acked = [False]  # whether the completion's group acked the message too
-
-        def complete() -> Outcome:
-            outcome, acked[0] = self._completions((claim, value, delivery))
-            return outcome
-
         if status == "ok":
-            outcome = self._record(claim, complete)
+            outcome = self._record(claim, lambda: self._completions((claim, value)))
         else:
             error = {
                 "timeout": f"timed out after {claim.job.timeout_s:g}s",
@@ -99,8 +94,7 @@ class OutcomeRecorder:
         if outcome is None:
             return False
         _log(claim, outcome)
-        if not acked[0]:
-            self.ack(delivery)
+        self.ack(delivery)
         return True
 
     def retry_delay(self, claim: Claim) -> float:
@@ -163,19 +157,6 @@ class OutcomeRecorder:
                     "attempt": delivery.dispatch.attempt,
                 },
             )
-
-    def _complete_then_ack(
-        self, items: Sequence[tuple[Claim, Any, Delivery]]
-    ) -> list[tuple[Outcome, bool]]:
-        """Complete the group in one transaction; once it is committed, ack its messages in
-        one round trip. Whether they were acked goes with each outcome: an ack that failed
-        is retried by each caller on its own (`ack`), never the committed completion."""
-        outcomes = self.store.complete_jobs([(c, r) for c, r, _ in items], self.clock.now())
-        try:
-            self.streams.ack([d for _, _, d in items])
-        except Exception:  # retried, and reported if it still fails, by each caller's `ack`
-            return [(o, False) for o in outcomes]
-        return [(o, True) for o in outcomes]
 
     def _ack_all(self, deliveries: Sequence[Delivery]) -> list[None]:
         self.streams.ack(deliveries)

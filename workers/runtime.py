@@ -1,8 +1,9 @@
 """The worker: read deliveries, claim, run the handler, record the outcome, then ack.
 
-Threads: the main loop reads from Redis and hands deliveries to `concurrency` slot threads;
-each slot claims its job, runs the handler and commits the outcome; a monitor thread
-heartbeats running jobs, passes on cancellations and enforces time limits.
+Threads: the main loop reads from Redis, claims a job for each idle slot (one transaction
+for them all, workers/claims.py) and hands the claims to `concurrency` slot threads; each
+slot runs its handler and commits the outcome; a monitor thread heartbeats running jobs,
+passes on cancellations and enforces time limits.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from orchestrator.settings import Settings
 from orchestrator.store import Store
 from orchestrator.store.codec import dumps
 from orchestrator.streams import Delivery, Streams
+from workers.claims import Claims
 from workers.context import (
     JobCancelled,
     JobContext,
@@ -91,6 +93,7 @@ class Worker:
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{new_token()[:6]}"
         self.observer = observer or WorkerObserver()  # hooks: workers/observer.py
         self.outcomes = OutcomeRecorder(store, streams, self.clock, settings, self.observer)
+        self._claims = Claims(store, self.id, self.clock)
         self.node = settings.resolved_node_name()
         self.models = models
         self.affinity = affinity
@@ -226,12 +229,12 @@ class Worker:
         with self._cond:
             while self._idle == 0 and not self._stopping.is_set():
                 self._cond.wait(0.5)
-            # With most slots busy, wait a moment for more to come free, so that one claim
-            # transaction serves several: the read side of group commit. Never longer than
-            # `claim_linger_ms`, and not at all when half the slots or more are free (an
-            # idle worker starts a job at once).
+            # With more than half the slots busy, wait a moment for more to come free, so
+            # that one claim transaction serves several: the read side of group commit.
+            # Never longer than `claim_linger_ms`, and not at all when half the slots or more
+            # are free (an idle worker starts a job at once).
             until = time.monotonic() + self.settings.claim_linger_ms / 1000
-            while 0 < self._idle < self.concurrency // 2 and not self._stopping.is_set():
+            while 0 < 2 * self._idle < self.concurrency and not self._stopping.is_set():
                 left = until - time.monotonic()
                 if left <= 0:
                     break
@@ -266,56 +269,38 @@ class Worker:
         """Claim what the free slots will run, all in one transaction (one commit for as
         many jobs as slots came free together), and give each slot its claim."""
         try:
-            claims = self._claim(deliveries)
+            work, down, down_error = self._claims.claim(deliveries)
         except Unavailable as exc:
-            # Not claimed: put them back for later rather than leave them pending here; wait
-            # a little first, or the same messages come straight back while the database is
-            # down.
+            self._put_back(deliveries, exc)
+            return
+        except Exception:
+            # Nothing was handed out: the messages stay pending here, for redelivery or the
+            # reclaimer, and the slots are free again. One bad batch must not stop the loop.
+            logger.exception(
+                "worker %s: could not hand out %d deliveries",
+                self.id,
+                len(deliveries),
+                extra={"event": "slot_error"},
+            )
+            self._free_slots(len(deliveries))
+            return
+        self._free_slots(len(deliveries) - len(work) - len(down))
+        for item in work:
+            self._work.put(item)
+        if down_error is not None:
+            self._put_back(down, down_error)
+        else:
+            self._note_recovery(StoreUnavailable)
+
+    def _put_back(self, deliveries: list[Delivery], exc: Unavailable) -> None:
+        """Not claimed, the database being down: put them back for later rather than leave
+        them pending here; wait a little first, or the same messages come straight back."""
+        try:
             self._note_outage(exc)
             self._stopping.wait(CLAIM_RETRY_S)
             self._requeue(deliveries)
+        finally:
             self._free_slots(len(deliveries))
-            return
-        self._note_recovery(StoreUnavailable)
-        unclaimed = 0
-        for delivery, claim in zip(deliveries, claims, strict=True):
-            if isinstance(claim, BaseException):
-                # Left pending: redelivered after the visibility timeout, or reclaimed.
-                logger.error(
-                    "worker %s: could not claim job %s: %s",
-                    self.id,
-                    delivery.dispatch.job_id,
-                    claim,
-                    exc_info=claim,
-                    extra={
-                        "event": "slot_error",
-                        "job_id": delivery.dispatch.job_id,
-                        "attempt": delivery.dispatch.attempt,
-                    },
-                )
-                unclaimed += 1
-            else:
-                self._work.put((delivery, claim))
-        self._free_slots(unclaimed)
-
-    def _claim(self, deliveries: list[Delivery]) -> list[Claim | Exception | None]:
-        """One claim per delivery. An outage fails them all; any other error is taken as one
-        job's fault, and each is then claimed on its own, so one cannot fail the others."""
-        dispatches = [d.dispatch for d in deliveries]
-        try:
-            return list(self.store.claim_jobs(dispatches, self.id, self.clock.now()))
-        except Unavailable:
-            raise
-        except Exception as exc:  # reported by `_hand_out`, per job
-            if len(dispatches) == 1:
-                return [exc]
-        claims: list[Claim | Exception | None] = []
-        for dispatch in dispatches:
-            try:
-                claims.append(self.store.claim_job(dispatch, self.id, self.clock.now()))
-            except Exception as exc:  # reported by `_hand_out`, per job
-                claims.append(exc)
-        return claims
 
     def _free_slots(self, n: int) -> None:
         if n:
@@ -607,11 +592,12 @@ class Worker:
             return
         try:
             self.streams.requeue(deliveries)
-        except Unavailable as exc:
+        except Exception as exc:  # an outage, or a Redis error: either way, not fatal here
             logger.error(
                 "could not requeue %d deliveries (%s); they stay pending for the reclaimer",
                 len(deliveries),
                 exc,
+                exc_info=not isinstance(exc, Unavailable),
                 extra={"event": "requeue_failed"},
             )
 

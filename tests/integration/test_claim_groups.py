@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
+from orchestrator.errors import StoreUnavailable
 from orchestrator.store import SqlStore
-from tests.integration.harness import System
+from tests.integration.harness import System, wait_until
 
 
 def _record_claim_groups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -73,3 +74,60 @@ def test_linger__an_idle_worker_starts_a_job_at_once(system: System) -> None:
     job_id = system.submit(type="record")
     job = system.wait_status(job_id, timeout=4.0)  # no 5 s linger with every slot free
     assert job["status"] == "done"
+
+
+def test_claims__database_down_for_a_claim__messages_put_back_and_slots_freed(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    claim_jobs = SqlStore.claim_jobs
+    failed: list[int] = []
+
+    def down_once(self: SqlStore, dispatches: Any, *args: Any) -> Any:
+        if not failed:
+            failed.append(len(dispatches))
+            raise StoreUnavailable("database error: gone for a moment")
+        return claim_jobs(self, dispatches, *args)
+
+    monkeypatch.setattr(SqlStore, "claim_jobs", down_once)
+    ids = [system.submit(type="record") for _ in range(3)]
+    worker = system.start_worker(concurrency=4)
+    for job_id in ids:
+        assert system.wait_status(job_id)["status"] == "done"
+    assert failed  # the first claim did fail, and its messages came back
+    assert system.recorder.order().count(ids[0]) == 1
+    wait_until(lambda: worker._idle == 4, 5, "every slot to be free again")
+
+
+def test_claims__one_job_whose_claim_fails__the_others_still_run(
+    system: System, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    ids = [
+        j["job_id"]
+        for j in system.client.post(
+            "/jobs/submit_batch", json={"jobs": [{"type": "record"}] * 4}
+        ).json()["jobs"]
+    ]
+    bad = ids[1]
+    claim_job = SqlStore.claim_job
+
+    def group_fails(self: SqlStore, dispatches: Any, *args: Any) -> Any:
+        raise RuntimeError("a bad row in the group")
+
+    def one_fails(self: SqlStore, dispatch: Any, *args: Any) -> Any:
+        if dispatch.job_id == bad:
+            raise RuntimeError("this job's row is bad")
+        return claim_job(self, dispatch, *args)
+
+    monkeypatch.setattr(SqlStore, "claim_jobs", group_fails)
+    monkeypatch.setattr(SqlStore, "claim_job", one_fails)
+    worker = system.start_worker(concurrency=4)
+    for job_id in ids:
+        if job_id != bad:
+            assert system.wait_status(job_id)["status"] == "done"
+    wait_until(lambda: worker._idle == 4, 5, "every slot to be free again")
+    assert system.job(bad)["status"] == "pending"  # left for redelivery or the reclaimer
+    assert bad not in system.recorder.order()
+    assert any(
+        getattr(r, "job_id", None) == bad and getattr(r, "event", None) == "slot_error"
+        for r in caplog.records
+    )

@@ -175,7 +175,9 @@ def test_explain__quarantined_device(system: System) -> None:
 def test_explain__claimed_job_waits_for_its_lease_then_is_given_back(
     backend_factory: Callable[..., Any],
 ) -> None:
-    system = System(backend_factory(job_lease_wait_s=2.0, job_lease_retry_s=30.0))
+    # The job waits 4 s for its lease: room for two reads of its explanation while it waits,
+    # even on a loaded machine.
+    system = System(backend_factory(job_lease_wait_s=4.0, job_lease_retry_s=30.0))
     try:
         node = system.settings.resolved_node_name()
         system.store.report_node(

@@ -51,6 +51,41 @@ def test_claim_jobs__stale_duplicate_and_misbanded_deliveries_get_none(
     assert current(store, moved.id).status is JobStatus.PENDING
 
 
+def test_claim_jobs__a_group_without_duplicates_checks_each_row_in_one_statement(
+    store: SqlStore, clock: FakeClock, submit: Submitter
+) -> None:
+    taken, fresh, later, moved, plain = submit(), submit(), submit(), submit(), submit()
+    claim(store, clock, taken)  # already running elsewhere
+    claims = store.claim_jobs(
+        [
+            dispatch_of(taken),
+            dispatch_of(fresh),
+            dispatch_of(later, attempt=2),  # an attempt that is not the next one
+            Dispatch(moved.id, moved.type, Priority.HIGH, 1),  # a band the job is not in
+            dispatch_of(plain),
+        ],  # five: a statement padded to eight rows
+        "worker-b",
+        clock.now(),
+    )
+    assert [cl is not None for cl in claims] == [False, True, False, False, True]
+    assert current(store, taken.id).worker_id == WORKER
+    for job in (later, moved):
+        assert current(store, job.id).status is JobStatus.PENDING
+        assert current(store, job.id).attempts == 0
+
+
+def test_claim_jobs__more_than_one_statement_holds(
+    store: SqlStore, clock: FakeClock, submit: Submitter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sql_batches, "MAX_ROWS", 4)
+    jobs_ = [submit() for _ in range(10)]
+    claims = store.claim_jobs([dispatch_of(j) for j in jobs_], WORKER, clock.now())
+    assert [cl.job.id if cl else None for cl in claims] == [j.id for j in jobs_]
+    outcomes = store.complete_jobs([(cl, i) for i, cl in enumerate(claims) if cl], clock.now())
+    assert [o.status for o in outcomes] == [JobStatus.DONE] * 10
+    assert [current(store, j.id).result for j in jobs_] == list(range(10))
+
+
 def test_complete_jobs__completes_current_claims_and_fences_stale_ones(
     store: SqlStore, clock: FakeClock, submit: Submitter
 ) -> None:
