@@ -126,7 +126,8 @@ class Worker:
         self._idle = self.concurrency
         self._buffer: list[tuple[int, int, Delivery]] = []
         self._seq = itertools.count()
-        # What each slot runs next: a delivery and its claim (None: the claim failed).
+        # What each slot runs next: a delivery and its claim (None: a stale or duplicate
+        # delivery, acked without running anything).
         self._work: queue.Queue[tuple[Delivery, Claim | None] | None] = queue.Queue()
         self._running: dict[str, Running] = {}  # by claim token
         self._outages: dict[type[Exception], str] = {}
