@@ -211,8 +211,10 @@ class Worker:
                 self._step()
         finally:
             self._drain()
-            self._stopped.set()
+            # The row is marked stopped before `wait_stopped` returns: whoever waited for
+            # the stop must not still see this worker listed as running.
             self.registration.stop()
+            self._stopped.set()
             logger.info("worker %s stopped", self.id, extra={"event": "worker_stopped"})
 
     def _beat_registration(self) -> None:

@@ -124,7 +124,8 @@ def test_preload__two_models_become_ready(models: Models) -> None:
     for model_id, row in by_model(status).items():
         assert (row["status"], row["node"], row["warm_on"]) == ("done", NODE, [NODE]), model_id
     for q in answer["queued"]:
-        job = models.system.job(q["job_id"])
+        # The handler records the model warm, then its job's outcome commits: a moment later.
+        job = models.system.wait_status(q["job_id"])
         assert (job["type"], job["status"]) == ("preloads", "done")
         assert job["result"]["model_id"] == q["model_id"]
     assert warm.get("llama-3-8b") == 3002  # what the loader returned, kept for handlers
@@ -149,7 +150,7 @@ def test_preload__a_missing_model_fails_with_its_error(models: Models) -> None:
     assert "no folder" in status["errors"]["missing"]
     missing = by_model(status)["missing"]
     assert (missing["status"], missing["warm_on"]) == ("failed", [])
-    assert models.system.job(missing["job_id"])["status"] == "dead_letter"
+    assert models.system.wait_status(missing["job_id"], "dead_letter")["status"] == "dead_letter"
     assert models.status("missing")["summary"] == {"total": 1, "done": 0, "failed": 1}
 
 
