@@ -1,14 +1,16 @@
 """The Celery peer: a no-op task on a Redis broker, under the benchmark's key prefix.
 
-The task counts itself in Redis (one INCR) so the benchmark can see the last one finish.
+The task counts itself in Redis (one INCR, bench/counter.py) so the benchmark can see the
+last one finish.
 """
 
 from __future__ import annotations
 
 import os
 
-import redis
 from celery import Celery
+
+from bench.counter import count
 
 PREFIX = os.environ.get("BENCH_PREFIX", "bench:celery:")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -20,9 +22,8 @@ app.conf.update(
     worker_hijack_root_logger=False,
     broker_connection_retry_on_startup=True,
 )
-_counter = redis.Redis.from_url(REDIS_URL)
 
 
 @app.task(name="noop")
 def noop() -> None:
-    _counter.incr(f"{PREFIX}done")
+    count(REDIS_URL, f"{PREFIX}done")

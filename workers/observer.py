@@ -4,7 +4,7 @@ dramatiq's middleware.
 
 `WorkerObserver` does nothing at each hook; a concern subclasses it and overrides what it
 needs (`workers.metrics.WorkerMetrics`). Hooks run on the worker's own threads (slots, the
-drain), so they must be quick, must not block and must not raise.
+completions thread, the drain), so they must be quick, must not block and must not raise.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ def _retrying() -> Retrying:
     )
 
 
-def _with_retries(call: Callable[[], R]) -> R:
+def with_retries(call: Callable[[], R]) -> R:
     """`call()`, retried through an outage for up to RECORD_FOR_S. The first try goes
     without tenacity: building its retry state per job was a tenth of a no-op job's time."""
     try:
@@ -63,28 +63,33 @@ class OutcomeRecorder:
         self.clock = clock
         self.settings = settings
         self.observer = observer or WorkerObserver()  # told each outcome: `job_finished`
-        # Slots finishing at the same time share one commit, and their acks one round trip
-        # (workers/batching.py); each still returns only once its own write is done. Two
-        # groups, not one: a Redis that stalls an ack must not hold up the next commit.
-        self._completions: GroupCommit[tuple[Claim, Any], Outcome] = GroupCommit(
-            lambda items: store.complete_jobs(items, clock.now()), shared=(Unavailable,)
-        )
+        # Slots acking at the same time (stale deliveries, failures, give-backs) share one
+        # round trip (workers/batching.py); each returns only once its own ack is done.
+        # Successful results are committed and acked in batches by `workers.completions`.
         self._acks: GroupCommit[Delivery, None] = GroupCommit(self._ack_all, shared=(Unavailable,))
+
+    def checked(self, status: str, value: Any) -> tuple[str, Any]:
+        """(status, value) as it will be recorded: a result that is not JSON or is over
+        `max_result_bytes` makes the attempt an error."""
+        if status != "ok":
+            return status, value
+        try:
+            size = len(dumps(value).encode())
+        except (TypeError, ValueError) as exc:
+            return "error", f"result is not JSON-serialisable: {exc}"
+        if size > self.settings.max_result_bytes:
+            limit = self.settings.max_result_bytes
+            return "error", f"result is {size} bytes; the limit is {limit}"
+        return status, value
 
     def record(self, claim: Claim, delivery: Delivery, status: str, value: Any) -> bool:
         """Record what a handler did ("ok" with its result, "timeout", "cancelled", or
         "error" with its message), then ack. False if it could not be committed."""
+        status, value = self.checked(status, value)
         if status == "ok":
-            try:
-                size = len(dumps(value).encode())
-            except (TypeError, ValueError) as exc:
-                status, value = "error", f"result is not JSON-serialisable: {exc}"
-            else:
-                if size > self.settings.max_result_bytes:
-                    limit = self.settings.max_result_bytes
-                    status, value = "error", f"result is {size} bytes; the limit is {limit}"
-        if status == "ok":
-            outcome = self._record(claim, lambda: self._completions((claim, value)))
+            outcome = self._record(
+                claim, lambda: self.store.complete_job(claim, value, self.clock.now())
+            )
         else:
             error = {
                 "timeout": f"timed out after {claim.job.timeout_s:g}s",
@@ -93,7 +98,7 @@ class OutcomeRecorder:
             outcome = self.fail(claim, error, self.retry_delay(claim))
         if outcome is None:
             return False
-        _log(claim, outcome)
+        log_outcome(claim, outcome)
         self.ack(delivery)
         return True
 
@@ -128,23 +133,27 @@ class OutcomeRecorder:
         """The outcome, or None if it could not be committed (the message is then left
         unacked, for the reclaimer)."""
         try:
-            outcome = _with_retries(write)
+            outcome = with_retries(write)
         except Unavailable as exc:
-            logger.error(
-                "job %s attempt %d: could not record its outcome: %s",
-                claim.job.id,
-                claim.attempt,
-                exc,
-                extra={"event": "outcome_lost", "job_id": claim.job.id, "attempt": claim.attempt},
-            )
-            self.observer.job_finished(claim, UNRECORDED)
+            self.lost(claim, exc)
             return None
         self.observer.job_finished(claim, outcome_of(outcome))
         return outcome
 
+    def lost(self, claim: Claim, exc: Unavailable) -> None:
+        """The outcome could not be committed: its message stays unacked, for the reclaimer."""
+        logger.error(
+            "job %s attempt %d: could not record its outcome: %s",
+            claim.job.id,
+            claim.attempt,
+            exc,
+            extra={"event": "outcome_lost", "job_id": claim.job.id, "attempt": claim.attempt},
+        )
+        self.observer.job_finished(claim, UNRECORDED)
+
     def ack(self, delivery: Delivery) -> None:
         try:
-            _with_retries(lambda: self._acks(delivery))
+            with_retries(lambda: self._acks(delivery))
         except Unavailable as exc:
             # The outcome is committed; a redelivery fails its claim and is acked then.
             logger.error(
@@ -158,12 +167,27 @@ class OutcomeRecorder:
                 },
             )
 
+    def ack_all(self, deliveries: Sequence[Delivery]) -> None:
+        """Ack many at once (their outcomes committed), in one round trip."""
+        if not deliveries:
+            return
+        try:
+            with_retries(lambda: self.streams.ack(deliveries))
+        except Unavailable as exc:
+            # The outcomes are committed; a redelivery fails its claim and is acked then.
+            logger.error(
+                "could not ack %d jobs: %s",
+                len(deliveries),
+                exc,
+                extra={"event": "ack_failed", "count": len(deliveries)},
+            )
+
     def _ack_all(self, deliveries: Sequence[Delivery]) -> list[None]:
         self.streams.ack(deliveries)
         return [None] * len(deliveries)
 
 
-def _log(claim: Claim, outcome: Outcome) -> None:
+def log_outcome(claim: Claim, outcome: Outcome) -> None:
     if outcome.status is None:
         return  # fenced: the store logged the rejection
     level = logging.INFO if outcome.status.value in ("done", "cancelled") else logging.WARNING

@@ -2,8 +2,10 @@
 
 Threads: the main loop reads from Redis, claims a job for each idle slot (one transaction
 for them all, workers/claims.py) and hands the claims to `concurrency` slot threads; each
-slot runs its handler and commits the outcome; a monitor thread heartbeats running jobs,
-passes on cancellations and enforces time limits.
+slot runs its handler and hands a successful result to the completions thread, which
+commits and acks whatever results have come in together (workers/completions.py); a failure
+the slot records itself. A monitor thread heartbeats running jobs, passes on cancellations
+and enforces time limits.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from orchestrator.store import Store
 from orchestrator.store.codec import dumps
 from orchestrator.streams import Delivery, Streams
 from workers.claims import Claims
+from workers.completions import Completions, Finished
 from workers.context import (
     JobCancelled,
     JobContext,
@@ -132,7 +135,8 @@ class Worker:
         self._running: dict[str, Running] = {}  # by claim token
         self._outages: dict[type[Exception], str] = {}
         self._released: set[str] = set()  # tokens given back whose slot has not returned yet
-        self.completed = 0
+        self.completed = 0  # outcomes recorded (tests and benchmarks watch it)
+        self._completions: Completions | None = None  # while `run` runs
         self.observer.bind(
             WorkerView(self.registration.worker, lambda: self._idle, lambda: len(self._running))
         )
@@ -188,6 +192,13 @@ class Worker:
         # heartbeat registers it.
         self.registration.register()
         self._call_until_ok(lambda: self.streams.ensure_groups(self.job_types))
+        self._completions = Completions(
+            self.store,
+            self.clock,
+            self.outcomes,
+            max_pending=self.concurrency,
+            on_recorded=self._count_completed,
+        )
         threads = [
             threading.Thread(target=self._slot, name=f"slot-{i}", daemon=True)
             for i in range(self.concurrency)
@@ -216,6 +227,10 @@ class Worker:
             self.registration.stop()
             self._stopped.set()
             logger.info("worker %s stopped", self.id, extra={"event": "worker_stopped"})
+
+    def _count_completed(self, n: int) -> None:
+        with self._cond:
+            self.completed += n
 
     def _beat_registration(self) -> None:
         """Each heartbeat: the worker's row, with the jobs it runs now."""
@@ -370,7 +385,11 @@ class Worker:
             finally:
                 with self._cond:
                     self._idle += 1
-                    self._cond.notify_all()
+                    # Wake the read loop only when it may go on: it waits for a first free
+                    # slot, or (lingering) for half of them. A wake-up per job cost more
+                    # than the claim it would start.
+                    if self._idle == 1 or 2 * self._idle >= self.concurrency:
+                        self._cond.notify_all()
 
     def _process(self, delivery: Delivery, claim: Claim | None) -> None:
         dispatch = delivery.dispatch
@@ -415,9 +434,16 @@ class Worker:
                     self._released.discard(claim.token)
                     self._cond.notify_all()
                 return  # shutdown gave the job back; its outcome is no longer ours
+        status, value = self.outcomes.checked(status, value)
+        if status == "ok":
+            # Committed and acked with the other slots' results by one thread; this slot
+            # takes its next job meanwhile (workers/completions.py).
+            assert self._completions is not None
+            self._completions.put(Finished(claim, delivery, value))
+            return
         try:
             if self.outcomes.record(claim, delivery, status, value):
-                self.completed += 1
+                self._count_completed(1)
         except Exception as exc:
             # Never leave a finished attempt running: record a failure that cannot itself fail.
             logger.exception(
@@ -554,6 +580,14 @@ class Worker:
                     )
                     break
                 self._cond.wait(0.2)
+        # The results the slots handed over: committed and acked before we go.
+        completions = self._completions
+        if completions is not None and not completions.close(max(deadline - time.monotonic(), 0)):
+            logger.error(
+                "worker %s: results still unrecorded at exit; the reclaimer recovers them",
+                self.id,
+                extra={"event": "drain_incomplete"},
+            )
         for _ in range(self.concurrency):
             self._work.put(None)
 
