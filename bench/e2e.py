@@ -120,6 +120,11 @@ def audit(env: BenchEnv, total: int) -> dict[str, Any]:
             "SELECT COUNT(*) FROM orchestrator_job_events "
             "WHERE event IN ('stale_result_rejected', 'reclaimed', 'released')"
         ),
+        # A handler that raised (its attempt retried): it ran more often than once.
+        "failed_attempts": (
+            "SELECT COUNT(*) FROM orchestrator_job_events "
+            "WHERE event IN ('retry_scheduled', 'dead_lettered')"
+        ),
     }
     found = {name: int(env.scalar(sql) or 0) for name, sql in checks.items()}
 
@@ -139,11 +144,17 @@ def audit(env: BenchEnv, total: int) -> dict[str, Any]:
         "started_events": total,
         "duplicate_completions": 0,
         "rejected_results": 0,
+        "failed_attempts": 0,
         "pending_entries": 0,
         "stream_entries": 0,
         "handler_runs": total,
     }
     found["exactly_once"] = found == expected
+    if found["failed_attempts"]:
+        found["first_error"] = env.scalar(
+            "SELECT detail FROM orchestrator_job_events "
+            "WHERE event IN ('retry_scheduled', 'dead_lettered') ORDER BY id LIMIT 1"
+        )
     return found
 
 

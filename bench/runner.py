@@ -26,8 +26,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--concurrency",
         type=int,
-        default=64,
-        help="handler threads per worker (64; the product's default is 4, see docs/benchmarks.md)",
+        default=128,
+        help="handler threads per worker (128; the product's default is 4, see docs/benchmarks.md)",
     )
     parser.add_argument("--runs", type=int, default=3, help="end-to-end runs; median (3)")
     parser.add_argument(

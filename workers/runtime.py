@@ -131,7 +131,8 @@ class Worker:
         self._seq = itertools.count()
         # What each slot runs next: a delivery and its claim (None: a stale or duplicate
         # delivery, acked without running anything).
-        self._work: queue.Queue[tuple[Delivery, Claim | None] | None] = queue.Queue()
+        # SimpleQueue (in C): handing a job to a slot is one lock, not Queue's three.
+        self._work: queue.SimpleQueue[tuple[Delivery, Claim | None] | None] = queue.SimpleQueue()
         self._running: dict[str, Running] = {}  # by claim token
         self._outages: dict[type[Exception], str] = {}
         self._released: set[str] = set()  # tokens given back whose slot has not returned yet

@@ -17,7 +17,6 @@ from sqlalchemy.engine import Connection
 
 from orchestrator.ids import new_token
 from orchestrator.jobs import ACTIVE_STATUSES, CLAIMABLE_STATUSES, Claim, Dispatch, JobStatus
-from orchestrator.store import dialect
 from orchestrator.store.base import Outcome
 from orchestrator.store.codec import dumps, job_from_row
 from orchestrator.store.sql_attempts import SqlAttempts
@@ -51,6 +50,39 @@ _FENCES_BY_IDS_LOCKED = (
     .where(jobs.c.id.in_(sa.bindparam("ids", expanding=True)))
     .order_by(jobs.c.id)  # locked in id order, as every multi-row write here is: no deadlock
     .with_for_update()
+)
+
+
+# The audit entries of a group, written by the database from the rows just updated rather
+# than sent row by row: escaping seven values per entry was a fifth of a group claim's Python.
+_CLAIM_EVENTS = job_events.insert().from_select(
+    ["job_id", "at", "event", "status", "attempt", "actor", "detail"],
+    sa.select(
+        jobs.c.id,
+        sa.bindparam("now", type_=jobs.c.updated_at.type),
+        sa.case((jobs.c.status == S.RUNNING.value, "started"), else_="claimed"),
+        jobs.c.status,
+        jobs.c.attempts,
+        sa.bindparam("worker", type_=jobs.c.worker_id.type),
+        sa.null(),
+    ).where(
+        jobs.c.id.in_(sa.bindparam("ids", expanding=True)),
+        jobs.c.claim_token.in_(sa.bindparam("tokens", expanding=True)),
+    ),
+)
+# A completion's entries: its rows are locked, fenced and just written (status done or
+# cancelled, attempts and worker those of the claim).
+_COMPLETION_EVENTS = job_events.insert().from_select(
+    ["job_id", "at", "event", "status", "attempt", "actor", "detail"],
+    sa.select(
+        jobs.c.id,
+        sa.bindparam("now", type_=jobs.c.updated_at.type),
+        sa.case((jobs.c.status == S.CANCELLED.value, "cancelled"), else_="completed"),
+        jobs.c.status,
+        jobs.c.attempts,
+        sa.func.coalesce(jobs.c.worker_id, "worker"),
+        sa.null(),
+    ).where(jobs.c.id.in_(sa.bindparam("ids", expanding=True))),
 )
 
 
@@ -166,7 +198,6 @@ class SqlBatches(SqlAttempts):
                 )
             }
             claims: list[Claim | None] = []
-            events = []
             for d in dispatches:
                 row = rows.get(d.job_id)
                 if row is None or row["claim_token"] != tokens[d.job_id]:
@@ -175,18 +206,11 @@ class SqlBatches(SqlAttempts):
                     continue
                 job = job_from_row(row)
                 claims.append(Claim(job=job, token=tokens[d.job_id], attempt=d.attempt))
-                events.append(
-                    _event_row(
-                        d.job_id,
-                        now,
-                        "started" if job.status is S.RUNNING else "claimed",
-                        job.status,
-                        d.attempt,
-                        worker_id,
-                    )
+            if rows:
+                conn.execute(
+                    _CLAIM_EVENTS,
+                    {"ids": ids, "tokens": list(tokens.values()), "now": now, "worker": worker_id},
                 )
-            if events:
-                dialect.insert_rows(conn, job_events, events)
         return claims
 
     def complete_jobs(self, items: Sequence[tuple[Claim, Any]], now: datetime) -> list[Outcome]:
@@ -239,21 +263,7 @@ class SqlBatches(SqlAttempts):
                     "now": now,
                 },
             )
-        dialect.insert_rows(
-            conn,
-            job_events,
-            [
-                _event_row(
-                    job_id,
-                    now,
-                    "cancelled" if status is S.CANCELLED else "completed",
-                    status,
-                    claim.attempt,
-                    claim.job.worker_id or "worker",
-                )
-                for job_id, (claim, _, status) in current.items()
-            ],
-        )
+        conn.execute(_COMPLETION_EVENTS, {"ids": list(current), "now": now})
 
 
 def _chunks_by_size(current: Mapping[str, tuple[Claim, str, JobStatus]]) -> list[list[str]]:
@@ -269,17 +279,3 @@ def _chunks_by_size(current: Mapping[str, tuple[Claim, str, JobStatus]]) -> list
         chunks[-1].append(job_id)
         size += n
     return chunks
-
-
-def _event_row(
-    job_id: str, now: datetime, event: str, status: JobStatus, attempt: int, actor: str
-) -> dict[str, Any]:
-    return {
-        "job_id": job_id,
-        "at": now,
-        "event": event,
-        "status": status.value,
-        "attempt": attempt,
-        "actor": actor,
-        "detail": None,
-    }

@@ -66,6 +66,7 @@ def test_bench__reduced_run_finishes_every_job_exactly_once(tmp_path: Path) -> N
         "started_events": 500,
         "duplicate_completions": 0,
         "rejected_results": 0,
+        "failed_attempts": 0,
         "pending_entries": 0,
         "stream_entries": 0,
         "handler_runs": 500,
