@@ -11,23 +11,24 @@ from typing import Any
 import httpx
 
 from bench.env import BenchEnv, bench_env, wait_until
+from bench.http import LeanClient
 from bench.stats import latency_ms
 
 CLIENTS = 8
 
 
-def _submit(http: httpx.Client) -> str:
-    response = http.post("/jobs/submit", json={"type": "noop", "payload": {}})
-    if response.status_code != 202:
-        raise RuntimeError(f"submit: {response.status_code} {response.text[:300]}")
-    job_id: str = response.json()["job_id"]
+def _submit(http: LeanClient) -> str:
+    status, body = http.request("POST", "/jobs/submit", {"type": "noop", "payload": {}})
+    if status != 202:
+        raise RuntimeError(f"submit: {status} {str(body)[:300]}")
+    job_id: str = body["job_id"]
     return job_id
 
 
 def _client(args: tuple[str, int]) -> list[float]:
     url, count = args
     samples = []
-    with httpx.Client(base_url=url, timeout=30) as http:
+    with LeanClient(url) as http:
         for _ in range(count):
             t = time.perf_counter()
             _submit(http)
@@ -35,9 +36,23 @@ def _client(args: tuple[str, int]) -> list[float]:
     return samples
 
 
+def _sdk_submits(url: str, count: int) -> list[float]:
+    """Single submits through httpx (the SDK's HTTP client): what a Python caller sees."""
+    samples = []
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for i in range(count + 20):
+            t = time.perf_counter()
+            response = http.post("/jobs/submit", json={"type": "noop", "payload": {}})
+            if response.status_code != 202:
+                raise RuntimeError(f"submit: {response.status_code} {response.text[:300]}")
+            if i >= 20:
+                samples.append(time.perf_counter() - t)
+    return samples
+
+
 def submit_latency(url: str, count: int) -> dict[str, Any]:
     """`count` submits one after another, then `count` spread over CLIENTS processes."""
-    with httpx.Client(base_url=url, timeout=30) as http:
+    with LeanClient(url) as http:
         for _ in range(20):  # warm-up: connections, caches
             _submit(http)
         samples = []
@@ -46,6 +61,7 @@ def submit_latency(url: str, count: int) -> dict[str, Any]:
             _submit(http)
             samples.append(time.perf_counter() - t)
     single = latency_ms(samples)
+    sdk = latency_ms(_sdk_submits(url, count))
 
     # Each client is a process of its own: eight threads of one Python process would
     # measure its GIL, not the server.
@@ -57,6 +73,7 @@ def submit_latency(url: str, count: int) -> dict[str, Any]:
         elapsed = time.perf_counter() - started
     return {
         "single": single,
+        "sdk": sdk,
         "concurrent": {
             "clients": CLIENTS,
             **latency_ms(concurrent),
@@ -68,11 +85,11 @@ def submit_latency(url: str, count: int) -> dict[str, Any]:
 def idle_latency(url: str, count: int) -> dict[str, Any]:
     """Submit one job, poll GET /jobs/{id} until it says done; next."""
     samples = []
-    with httpx.Client(base_url=url, timeout=30) as http:
+    with LeanClient(url) as http:
         for i in range(count + 5):
             t = time.perf_counter()
             job_id = _submit(http)
-            while http.get(f"/jobs/{job_id}").json()["status"] != "done":
+            while http.request("GET", f"/jobs/{job_id}")[1]["status"] != "done":
                 if time.perf_counter() - t > 30:
                     raise TimeoutError(f"job {job_id} not done in 30 s")
             if i >= 5:  # the first few warm the workers' connections

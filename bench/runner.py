@@ -127,6 +127,10 @@ def table(f: dict[str, Any]) -> str:
         cm = f["latency"]["commit"]
         rows.append(("MariaDB 1-row commit", f"p50 {cm['p50_ms']} ms, p99 {cm['p99_ms']} ms"))
         rows.append(("submit latency, 1 client", f"p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms"))
+        sdk = f["latency"]["submit"]["sdk"]
+        rows.append(
+            ("submit latency, through httpx", f"p50 {sdk['p50_ms']} ms, p99 {sdk['p99_ms']} ms")
+        )
         rows.append(
             (
                 f"submits, {c['clients']} clients",
