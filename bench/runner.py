@@ -80,7 +80,7 @@ def scaling(args: argparse.Namespace) -> dict[str, Any]:
     queued before the workers start; the cost of a deep table and stream)."""
     jobs = 1000 if args.quick else 5000
     by_workers = {n: e2e.run(jobs, n, args.concurrency)["jobs_per_s"] for n in (1, 2, 4)}
-    depths = (1000,) if args.quick else (1000, 10_000, 50_000)
+    depths = (1000,) if args.quick else (1000, 10_000, 100_000)
     by_depth = {d: e2e.run_queued(d, args.workers, args.concurrency)["jobs_per_s"] for d in depths}
     return {"jobs": jobs, "jobs_per_s_by_workers": by_workers, "jobs_per_s_by_queued": by_depth}
 
