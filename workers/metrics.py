@@ -51,7 +51,7 @@ class WorkerMetrics(WorkerObserver):
         )
         self.slots = Gauge(
             f"{PREFIX}worker_slots",
-            "Handler slots, busy (claiming, leasing, running or recording) or idle.",
+            "Handler slots, busy (claiming, leasing, running, or recording a failure) or idle.",
             ["state"],
             registry=r,
         )

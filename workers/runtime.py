@@ -136,7 +136,7 @@ class Worker:
         self._running: dict[str, Running] = {}  # by claim token
         self._outages: dict[type[Exception], str] = {}
         self._released: set[str] = set()  # tokens given back whose slot has not returned yet
-        self.completed = 0  # outcomes recorded (tests and benchmarks watch it)
+        self.completed = 0  # outcomes committed (tests and benchmarks watch it)
         self._completions: Completions | None = None  # while `run` runs
         self.observer.bind(
             WorkerView(self.registration.worker, lambda: self._idle, lambda: len(self._running))
@@ -225,8 +225,10 @@ class Worker:
             self._drain()
             # The row is marked stopped before `wait_stopped` returns: whoever waited for
             # the stop must not still see this worker listed as running.
-            self.registration.stop()
-            self._stopped.set()
+            try:
+                self.registration.stop()
+            finally:
+                self._stopped.set()
             logger.info("worker %s stopped", self.id, extra={"event": "worker_stopped"})
 
     def _count_completed(self, n: int) -> None:
@@ -436,11 +438,11 @@ class Worker:
                     self._cond.notify_all()
                 return  # shutdown gave the job back; its outcome is no longer ours
         status, value = self.outcomes.checked(status, value)
-        if status == "ok":
-            # Committed and acked with the other slots' results by one thread; this slot
-            # takes its next job meanwhile (workers/completions.py).
-            assert self._completions is not None
-            self._completions.put(Finished(claim, delivery, value))
+        # A result is committed and acked with the other slots' results; this slot takes
+        # its next job meanwhile (workers/completions.py). Once those are closed (a drain
+        # that ran out of time), the slot records its result itself, below.
+        completions = self._completions
+        if status == "ok" and completions and completions.put(Finished(claim, delivery, value)):
             return
         try:
             if self.outcomes.record(claim, delivery, status, value):

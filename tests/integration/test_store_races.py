@@ -82,3 +82,49 @@ def test_complete__after_cancel_request_is_recorded_as_cancelled(store: SqlStore
         "cancel_requested",
         "cancelled",
     ]
+
+
+def _trail(store: SqlStore, job_id: str) -> list[tuple[object, ...]]:
+    return [
+        (e.event, e.status, e.attempt, e.actor, e.detail, e.at) for e in store.job_events(job_id)
+    ]
+
+
+def test_groups__audit_entries_equal_those_of_single_calls(store: SqlStore) -> None:
+    """Group claims and completions write their entries with INSERT ... SELECT: the same
+    entries, field for field, as the single calls (a retried attempt, a cancel)."""
+    made = store.submit_jobs([spec() for _ in range(6)], T0)
+    grouped, single = [s.job for s in made[:3]], [s.job for s in made[3:]]
+    for retried in (grouped[1], single[1]):
+        first = store.claim_job(Dispatch(retried.id, "echo", Priority.NORMAL, 1), "w0", T0)
+        assert first is not None
+        store.fail_job(first, "boom", T0, retry_delay_s=0)
+    t1, t2 = T0 + timedelta(seconds=1), T0 + timedelta(seconds=2)
+    attempts = (1, 2, 1)
+    claims = store.claim_jobs(
+        [
+            Dispatch(j.id, "echo", Priority.NORMAL, a)
+            for j, a in zip(grouped, attempts, strict=True)
+        ],
+        "w1",
+        t1,
+    )
+    singles = [
+        store.claim_job(Dispatch(j.id, "echo", Priority.NORMAL, a), "w1", t1)
+        for j, a in zip(single, attempts, strict=True)
+    ]
+    for job in (grouped[2], single[2]):
+        store.cancel_job(job.id, t1, "someone")
+    store.complete_jobs([(c, {"ok": 1}) for c in claims if c], t2)
+    for c in singles:
+        assert c is not None
+        store.complete_job(c, {"ok": 1}, t2)
+
+    for g, s in zip(grouped, single, strict=True):
+        assert _trail(store, g.id) == _trail(store, s.id)
+    assert [e[:4] for e in _trail(store, grouped[1].id)[-2:]] == [
+        ("started", "running", 2, "w1"),
+        ("completed", "done", 2, "w1"),
+    ]
+    assert _trail(store, grouped[2].id)[-1][:4] == ("cancelled", "cancelled", 1, "w1")
+    assert _trail(store, grouped[0].id)[-1][5] == t2

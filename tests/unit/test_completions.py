@@ -16,7 +16,7 @@ from orchestrator.errors import StoreUnavailable
 from orchestrator.jobs import Claim, JobStatus
 from orchestrator.settings import Settings
 from orchestrator.store import Outcome, SqlStore, Store
-from orchestrator.streams import RedisStreams
+from orchestrator.streams import RedisStreams, Streams
 from workers.completions import Completions, Finished
 from workers.outcomes import OutcomeRecorder
 
@@ -34,15 +34,17 @@ class GatedStore:
         self.gate = threading.Event()
         self.gate.set()
         self.writing = threading.Event()
-        self.batch_errors: list[Exception] = []  # raised by the next calls, in order
+        # Raised by the next calls, in order (None: that call goes through).
+        self.batch_errors: list[Exception | None] = []
         self.refuse: set[str] = set()  # job ids that `complete_job` alone rejects
 
     def complete_jobs(self, items: Sequence[tuple[Claim, Any]], now: datetime) -> list[Outcome]:
         self.batches.append([claim.job.id for claim, _ in items])
         self.writing.set()
-        assert self.gate.wait(5)
-        if self.batch_errors:
-            raise self.batch_errors.pop(0)
+        self.gate.wait(5)  # a test that forgets to open it fails on its own assertions
+        error = self.batch_errors.pop(0) if self.batch_errors else None
+        if error is not None:
+            raise error
         return self.store.complete_jobs(items, now)
 
     def complete_job(self, claim: Claim, result: Any, now: datetime) -> Outcome:
@@ -54,13 +56,34 @@ class GatedStore:
         return getattr(self.store, name)
 
 
+class StallingStreams:
+    """fakeredis streams whose acks can be held, as a Redis that stopped answering."""
+
+    def __init__(self, streams: RedisStreams) -> None:
+        self.streams = streams
+        self.acks_flow = threading.Event()
+        self.acks_flow.set()
+        self.ack_waiting = threading.Event()
+
+    def ack(self, deliveries: Sequence[Any]) -> None:
+        self.ack_waiting.set()
+        self.acks_flow.wait(5)
+        self.streams.ack(deliveries)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.streams, name)
+
+
 class Fixture:
     def __init__(self, store: SqlStore, streams: RedisStreams, clock: FakeClock) -> None:
         self.gated = GatedStore(store)
         self.streams = streams
+        self.stalling = StallingStreams(streams)
         self.clock = clock
         self.recorded: list[int] = []
-        self.recorder = OutcomeRecorder(cast(Store, self.gated), streams, clock, Settings())
+        self.recorder = OutcomeRecorder(
+            cast(Store, self.gated), cast(Streams, self.stalling), clock, Settings()
+        )
         self.completions = self.start()
 
     def start(self, max_pending: int = 8) -> Completions:
@@ -101,6 +124,7 @@ def fx(store: SqlStore, streams: RedisStreams, clock: FakeClock) -> Iterator[Fix
     fixture = Fixture(store, streams, clock)
     yield fixture
     fixture.gated.gate.set()
+    fixture.stalling.acks_flow.set()
     fixture.completions.close(5)
 
 
@@ -150,22 +174,49 @@ def test_completions__an_outage_is_retried_and_acks_wait_for_the_commit(
 def test_completions__a_batch_that_fails_is_written_one_by_one_and_a_bad_result_fails_alone(
     fx: Fixture, submit: Submitter
 ) -> None:
-    good, bad = fx.running(submit, 2)
-    fx.gated.batch_errors.append(ValueError("one of these cannot be written"))
+    first, good, bad = fx.running(submit, 3)
     fx.gated.refuse.add(bad.claim.job.id)
     fx.gated.gate.clear()
+    fx.completions.put(first)
+    assert fx.gated.writing.wait(5)  # held: good and bad go in the next batch, together
     fx.completions.put(good)
-    assert fx.gated.writing.wait(5)
-    fx.gated.batch_errors.append(ValueError("one of these cannot be written"))
     fx.completions.put(bad)
+    fx.gated.batch_errors.extend([None, ValueError("one of these cannot be written")])
     fx.gated.gate.set()
-    _wait(lambda: fx.pending() == 0, "both deliveries acked")
+    _wait(lambda: fx.pending() == 0, "every delivery acked")
 
+    assert fx.gated.batches[1] == [good.claim.job.id, bad.claim.job.id]
     assert current(fx.gated.store, good.claim.job.id).status is JobStatus.DONE
     failed = current(fx.gated.store, bad.claim.job.id)
     assert failed.status is JobStatus.FAILED  # retried later, as any failed attempt
     assert failed.error == "could not record the outcome: ValueError"
-    assert sum(fx.recorded) == 1  # the failed one is not counted as recorded
+    assert sum(fx.recorded) == 2  # the failed one is not counted as completed
+
+
+def test_completions__stalled_acks_do_not_hold_up_the_next_commits(
+    fx: Fixture, submit: Submitter
+) -> None:
+    a, b = fx.running(submit, 2)
+    fx.stalling.acks_flow.clear()  # Redis stops answering acks
+    fx.completions.put(a)
+    assert fx.stalling.ack_waiting.wait(5)
+    fx.completions.put(b)
+    _wait(lambda: sum(fx.recorded) == 2, "b committed while a's ack hangs")
+
+    assert current(fx.gated.store, b.claim.job.id).status is JobStatus.DONE
+    assert fx.pending() == 2  # neither acked yet
+    fx.stalling.acks_flow.set()
+    _wait(lambda: fx.pending() == 0, "both acked once Redis answers")
+
+
+def test_completions__after_close_a_result_is_refused_for_the_slot_to_record(
+    fx: Fixture, submit: Submitter
+) -> None:
+    (a,) = fx.running(submit, 1)
+    assert fx.completions.close(5) is True
+
+    assert fx.completions.put(a) is False
+    assert current(fx.gated.store, a.claim.job.id).status is JobStatus.RUNNING
 
 
 def test_completions__close_writes_what_waits_first(fx: Fixture, submit: Submitter) -> None:

@@ -158,3 +158,46 @@ def test_complete_jobs__statements_stay_within_the_packet_budget(
     assert [current(store, j.id).result for j in jobs_] == results
     # Two results per statement, and the one past the budget alone.
     assert len(sizes) == 3 and max(sizes[:2]) <= 2500 and sizes[2] > 2500
+
+
+def _trail(store: SqlStore, job_id: str) -> list[tuple[object, ...]]:
+    """A job's audit entries as (event, status, attempt, actor, detail, at)."""
+    return [
+        (e.event, e.status, e.attempt, e.actor, e.detail, e.at) for e in store.job_events(job_id)
+    ]
+
+
+def test_groups__write_the_same_audit_entries_as_one_at_a_time(
+    store: SqlStore, clock: FakeClock, submit: Submitter
+) -> None:
+    # Jobs in pairs: one goes through the group calls, its twin through the single ones;
+    # one of each pair is retried first (attempt 2) and one asked to cancel while it runs.
+    grouped = [submit(), submit(max_attempts=3), submit()]
+    single = [submit(), submit(max_attempts=3), submit()]
+    for retried in (grouped[1], single[1]):
+        store.fail_job(claim(store, clock, retried), "boom", clock.now(), 0.0)
+    clock.advance(1)
+    group_claims = store.claim_jobs(
+        [dispatch_of(grouped[0]), dispatch_of(grouped[1], attempt=2), dispatch_of(grouped[2])],
+        "worker-g",
+        clock.now(),
+    )
+    single_claims = [
+        store.claim_job(dispatch_of(j, attempt=a), "worker-g", clock.now())
+        for j, a in zip(single, (1, 2, 1), strict=True)
+    ]
+    for job in (grouped[2], single[2]):
+        store.cancel_job(job.id, clock.now(), "someone")
+    clock.advance(1)
+    store.complete_jobs([(cl, {"ok": 1}) for cl in group_claims if cl], clock.now())
+    for cl in single_claims:
+        assert cl is not None
+        store.complete_job(cl, {"ok": 1}, clock.now())
+
+    for g, s in zip(grouped, single, strict=True):
+        assert _trail(store, g.id) == _trail(store, s.id)
+    assert [e[:4] for e in _trail(store, grouped[1].id)[-2:]] == [
+        ("started", "running", 2, "worker-g"),
+        ("completed", "done", 2, "worker-g"),
+    ]
+    assert _trail(store, grouped[2].id)[-1][:4] == ("cancelled", "cancelled", 1, "worker-g")
