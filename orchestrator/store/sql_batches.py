@@ -39,10 +39,6 @@ MAX_ROWS = 64
 # cache-keying and compiling a CASE of n rows per call cost more Python than the
 # statement's round trip (see `sql_base._JOB_BY_ID`). Values travel as bound parameters:
 # `id0`..`id{n-1}` and, per row, one name per column the CASE sets.
-_JOBS_BY_IDS_AND_TOKENS = sa.select(jobs).where(
-    jobs.c.id.in_(sa.bindparam("ids", expanding=True)),
-    jobs.c.claim_token.in_(sa.bindparam("tokens", expanding=True)),
-)
 # What fencing a completion reads: not the whole row (parsing a job's ~20 columns is most
 # of a completion's Python).
 _FENCES_BY_IDS_LOCKED = (
@@ -51,6 +47,47 @@ _FENCES_BY_IDS_LOCKED = (
     .order_by(jobs.c.id)  # locked in id order, as every multi-row write here is: no deadlock
     .with_for_update()
 )
+
+
+# A group's claims share one random prefix; each claim's token is that prefix and the last
+# `TOKEN_TAIL` characters of its job id (random bits of its UUIDv7). So one UPDATE gives
+# every row a token of its own without a CASE per row, and the rows just claimed are found
+# again by the prefix alone. Fencing compares a job's row with its claim's token, as before.
+TOKEN_TAIL = 12
+TOKEN_PREFIX = 32 - TOKEN_TAIL  # hex characters, 80 random bits
+
+
+def group_token(prefix: str, job_id: str) -> str:
+    """The token the group claim `_CLAIM_GROUP` gives the job (SUBSTR counts from the end)."""
+    return prefix + job_id[-TOKEN_TAIL:]
+
+
+_PREFIX = sa.bindparam("prefix", type_=sa.String(TOKEN_PREFIX))
+# `sql_attempts._CLAIM` for every job of a group with the same attempt and band.
+_CLAIM_GROUP = (
+    jobs.update()
+    .where(
+        jobs.c.id.in_(sa.bindparam("ids", expanding=True)),
+        jobs.c.status.in_(CLAIMABLE_STATUSES),
+        jobs.c.attempts == sa.bindparam("prior"),
+        jobs.c.priority == sa.bindparam("band"),
+        jobs.c.available_at <= sa.bindparam("now"),
+    )
+    .values(
+        status=sa.case((jobs.c.gpu.is_(None), S.RUNNING.value), else_=S.CLAIMED.value),
+        attempts=jobs.c.attempts + 1,
+        worker_id=sa.bindparam("worker"),
+        claim_token=_PREFIX + sa.func.substr(jobs.c.id, -TOKEN_TAIL),
+        heartbeat_at=sa.bindparam("now"),
+        started_at=sa.bindparam("now"),
+        updated_at=sa.bindparam("now"),
+    )
+)
+_CLAIMED_NOW = sa.and_(
+    jobs.c.id.in_(sa.bindparam("ids", expanding=True)),
+    sa.func.substr(jobs.c.claim_token, 1, TOKEN_PREFIX) == _PREFIX,
+)
+_CLAIMED_JOBS = sa.select(jobs).where(_CLAIMED_NOW)
 
 
 # The audit entries of a group, written by the database from the rows just updated rather
@@ -65,10 +102,7 @@ _CLAIM_EVENTS = job_events.insert().from_select(
         jobs.c.attempts,
         sa.bindparam("worker", type_=jobs.c.worker_id.type),
         sa.null(),
-    ).where(
-        jobs.c.id.in_(sa.bindparam("ids", expanding=True)),
-        jobs.c.claim_token.in_(sa.bindparam("tokens", expanding=True)),
-    ),
+    ).where(_CLAIMED_NOW),
 )
 # A completion's entries: its rows are locked, fenced and just written (status done or
 # cancelled, attempts and worker those of the claim).
@@ -96,30 +130,6 @@ def _by_id(n: int, name: str, otherwise: Any) -> Any:
         *[(key, sa.bindparam(f"{name}{i}")) for i, key in enumerate(_ids(n))],
         value=jobs.c.id,
         else_=otherwise,
-    )
-
-
-@functools.cache
-def _claim_update(n: int) -> sa.Update:
-    """`sql_attempts._CLAIM` for n jobs at once, each with its own attempt, band and token."""
-    return (
-        jobs.update()
-        .where(
-            jobs.c.id.in_(_ids(n)),
-            jobs.c.status.in_(CLAIMABLE_STATUSES),
-            jobs.c.attempts == _by_id(n, "prior", -1),
-            jobs.c.priority == _by_id(n, "band", -1),
-            jobs.c.available_at <= sa.bindparam("now"),
-        )
-        .values(
-            status=sa.case((jobs.c.gpu.is_(None), S.RUNNING.value), else_=S.CLAIMED.value),
-            attempts=jobs.c.attempts + 1,
-            worker_id=sa.bindparam("worker"),
-            claim_token=_by_id(n, "token", jobs.c.claim_token),
-            heartbeat_at=sa.bindparam("now"),
-            started_at=sa.bindparam("now"),
-            updated_at=sa.bindparam("now"),
-        )
     )
 
 
@@ -176,41 +186,36 @@ class SqlBatches(SqlAttempts):
             # dispatch is valid, not to whichever came first. Rare, so simply slower.
             return [self.claim_job(d, worker_id, now) for d in dispatches]
         ids = [d.job_id for d in dispatches]
-        tokens = {job_id: new_token() for job_id in ids}
+        prefix = new_token()[:TOKEN_PREFIX]
+        by_attempt_and_band: dict[tuple[int, int], list[str]] = {}
+        for d in dispatches:
+            by_attempt_and_band.setdefault((d.attempt - 1, int(d.priority)), []).append(d.job_id)
         with self._tx(write=True) as conn:
-            conn.execute(
-                _claim_update(_rows_for(len(ids))),
-                {
-                    **_per_row(
-                        ids,
-                        prior=[d.attempt - 1 for d in dispatches],
-                        band=[int(d.priority) for d in dispatches],
-                        token=list(tokens.values()),
-                    ),
-                    "now": now,
-                    "worker": worker_id,
-                },
-            )
-            rows = {
-                r.id: r._mapping
-                for r in conn.execute(
-                    _JOBS_BY_IDS_AND_TOKENS, {"ids": ids, "tokens": list(tokens.values())}
+            for (prior, band), group in by_attempt_and_band.items():
+                conn.execute(
+                    _CLAIM_GROUP,
+                    {
+                        "ids": group,
+                        "prior": prior,
+                        "band": band,
+                        "now": now,
+                        "worker": worker_id,
+                        "prefix": prefix,
+                    },
                 )
-            }
+            found = {"ids": ids, "prefix": prefix}
+            rows = {r.id: r._mapping for r in conn.execute(_CLAIMED_JOBS, found)}
             claims: list[Claim | None] = []
             for d in dispatches:
                 row = rows.get(d.job_id)
-                if row is None or row["claim_token"] != tokens[d.job_id]:
+                token = group_token(prefix, d.job_id)
+                if row is None or row["claim_token"] != token:
                     self._unpublish_if_early(conn, d, now)
                     claims.append(None)
                     continue
-                job = job_from_row(row)
-                claims.append(Claim(job=job, token=tokens[d.job_id], attempt=d.attempt))
+                claims.append(Claim(job=job_from_row(row), token=token, attempt=d.attempt))
             if rows:
-                conn.execute(
-                    _CLAIM_EVENTS,
-                    {"ids": ids, "tokens": list(tokens.values()), "now": now, "worker": worker_id},
-                )
+                conn.execute(_CLAIM_EVENTS, {**found, "now": now, "worker": worker_id})
         return claims
 
     def complete_jobs(self, items: Sequence[tuple[Claim, Any]], now: datetime) -> list[Outcome]:

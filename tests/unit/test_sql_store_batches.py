@@ -22,7 +22,11 @@ def test_claim_jobs__claims_each_due_job_once(
     claims = store.claim_jobs([dispatch_of(a), dispatch_of(b), dispatch_of(c)], WORKER, clock.now())
     assert [cl.job.id if cl else None for cl in claims] == [a.id, b.id, c.id]
     assert all(cl is not None and cl.job.status is JobStatus.RUNNING for cl in claims)
-    assert len({cl.token for cl in claims if cl}) == 3  # a fencing token of its own each
+    tokens = [cl.token for cl in claims if cl]
+    assert len(set(tokens)) == 3  # a fencing token of its own each ...
+    assert {len(t) for t in tokens} == {32}
+    assert len({t[: sql_batches.TOKEN_PREFIX] for t in tokens}) == 1  # ... with the group's prefix
+    assert [t[-12:] for t in tokens] == [j.id[-12:] for j in (a, b, c)]
     for job in (a, b, c):
         assert current(store, job.id).attempts == 1
         assert event_names(store, job.id) == ["submitted", "started"]
