@@ -188,17 +188,5 @@ class Completions:
             self.recorder.lost(f.claim, exc)
             return None
         except Exception as exc:
-            logger.exception(
-                "job %s: could not record its outcome",
-                f.claim.job.id,
-                extra={
-                    "event": "record_failed",
-                    "job_id": f.claim.job.id,
-                    "attempt": f.claim.attempt,
-                },
-            )
-            error = f"could not record the outcome: {type(exc).__name__}"
-            failed = self.recorder.fail(f.claim, error, self.recorder.retry_delay(f.claim))
-            if failed is not None:
-                self.recorder.ack(f.delivery)
+            self.recorder.fail_unrecordable(f.claim, f.delivery, exc)
             return None

@@ -140,6 +140,19 @@ class OutcomeRecorder:
         self.observer.job_finished(claim, outcome_of(outcome))
         return outcome
 
+    def fail_unrecordable(self, claim: Claim, delivery: Delivery, exc: Exception) -> None:
+        """Recording the attempt's outcome raised `exc` (not an outage): fail the attempt
+        instead, then ack, rather than leave a finished attempt running."""
+        logger.exception(
+            "job %s: could not record its outcome",
+            claim.job.id,
+            exc_info=exc,
+            extra={"event": "record_failed", "job_id": claim.job.id, "attempt": claim.attempt},
+        )
+        error = f"could not record the outcome: {type(exc).__name__}"
+        if self.fail(claim, error, self.retry_delay(claim)) is not None:
+            self.ack(delivery)
+
     def lost(self, claim: Claim, exc: Unavailable) -> None:
         """The outcome could not be committed: its message stays unacked, for the reclaimer."""
         logger.error(

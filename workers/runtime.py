@@ -32,7 +32,7 @@ from orchestrator.errors import (
 )
 from orchestrator.fleet import WorkerRegistration
 from orchestrator.ids import new_token
-from orchestrator.jobs import Claim, retry_delay_s
+from orchestrator.jobs import Claim
 from orchestrator.lease_service import LeaseService
 from orchestrator.leases import Lease
 from orchestrator.settings import Settings
@@ -448,22 +448,7 @@ class Worker:
             if self.outcomes.record(claim, delivery, status, value):
                 self._count_completed(1)
         except Exception as exc:
-            # Never leave a finished attempt running: record a failure that cannot itself fail.
-            logger.exception(
-                "job %s: could not record its outcome",
-                claim.job.id,
-                extra={"event": "record_failed", "job_id": claim.job.id, "attempt": claim.attempt},
-            )
-            delay = retry_delay_s(
-                claim.attempt, self.settings.retry_backoff_base_s, self.settings.retry_backoff_max_s
-            )
-            if (
-                self.outcomes.fail(
-                    claim, f"could not record the outcome: {type(exc).__name__}", delay
-                )
-                is not None
-            ):
-                self.outcomes.ack(delivery)
+            self.outcomes.fail_unrecordable(claim, delivery, exc)
 
     def _prepare(self, claim: Claim, delivery: Delivery, lease: Lease | None = None) -> Running:
         job = claim.job

@@ -90,33 +90,35 @@ _CLAIMED_NOW = sa.and_(
 _CLAIMED_JOBS = sa.select(jobs).where(_CLAIMED_NOW)
 
 
-# The audit entries of a group, written by the database from the rows just updated rather
-# than sent row by row: escaping seven values per entry was a fifth of a group claim's Python.
-_CLAIM_EVENTS = job_events.insert().from_select(
-    ["job_id", "at", "event", "status", "attempt", "actor", "detail"],
-    sa.select(
-        jobs.c.id,
-        sa.bindparam("now", type_=jobs.c.updated_at.type),
-        sa.case((jobs.c.status == S.RUNNING.value, "started"), else_="claimed"),
-        jobs.c.status,
-        jobs.c.attempts,
-        sa.bindparam("worker", type_=jobs.c.worker_id.type),
-        sa.null(),
-    ).where(_CLAIMED_NOW),
+def _entries_of(event: Any, actor: Any, where: Any) -> sa.Insert:
+    """One audit entry per job row matching `where`, written by the database from the rows
+    just updated rather than sent row by row: escaping seven values per entry was a fifth
+    of a group claim's Python. `event` and `actor` are column expressions."""
+    return job_events.insert().from_select(
+        ["job_id", "at", "event", "status", "attempt", "actor", "detail"],
+        sa.select(
+            jobs.c.id,
+            sa.bindparam("now", type_=jobs.c.updated_at.type),
+            event,
+            jobs.c.status,
+            jobs.c.attempts,
+            actor,
+            sa.null(),
+        ).where(where),
+    )
+
+
+_CLAIM_EVENTS = _entries_of(
+    sa.case((jobs.c.status == S.RUNNING.value, "started"), else_="claimed"),
+    sa.bindparam("worker", type_=jobs.c.worker_id.type),
+    _CLAIMED_NOW,
 )
 # A completion's entries: its rows are locked, fenced and just written (status done or
 # cancelled, attempts and worker those of the claim).
-_COMPLETION_EVENTS = job_events.insert().from_select(
-    ["job_id", "at", "event", "status", "attempt", "actor", "detail"],
-    sa.select(
-        jobs.c.id,
-        sa.bindparam("now", type_=jobs.c.updated_at.type),
-        sa.case((jobs.c.status == S.CANCELLED.value, "cancelled"), else_="completed"),
-        jobs.c.status,
-        jobs.c.attempts,
-        sa.func.coalesce(jobs.c.worker_id, "worker"),
-        sa.null(),
-    ).where(jobs.c.id.in_(sa.bindparam("ids", expanding=True))),
+_COMPLETION_EVENTS = _entries_of(
+    sa.case((jobs.c.status == S.CANCELLED.value, "cancelled"), else_="completed"),
+    sa.func.coalesce(jobs.c.worker_id, "worker"),
+    jobs.c.id.in_(sa.bindparam("ids", expanding=True)),
 )
 
 
