@@ -162,4 +162,3 @@ def test_complete_jobs__statements_stay_within_the_packet_budget(
     assert [current(store, j.id).result for j in jobs_] == results
     # Two results per statement, and the one past the budget alone.
     assert len(sizes) == 3 and max(sizes[:2]) <= 2500 and sizes[2] > 2500
-
